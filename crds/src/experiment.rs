@@ -1,0 +1,513 @@
+//! The Experiment resource: one training run of one model configuration.
+//!
+//! The spec is written by users (and by the CrossValidation controller for its folds) and read by
+//! the trainer as a whole manifest. Defaults are declared next to each field with the reason for
+//! them, so that the generated schema and `kubectl explain` show what an omitted field means.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// One training run of one model configuration on one data set.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "voxel.dev",
+    version = "v1alpha1",
+    kind = "Experiment",
+    namespaced,
+    shortname = "vxexp",
+    category = "voxel",
+    derive = "PartialEq"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentSpec {
+    /// What is learned: task, network, preprocessing, loss and post-processing.
+    pub model: ModelSpec,
+    /// How it is learned: epochs, batches, optimizer, schedule, seed and checkpoints.
+    pub training: TrainingSpec,
+    /// Where the images are, how they are described, and how subjects are split.
+    pub data: DataSpec,
+}
+
+/// The learning task.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Task {
+    /// Voxel-wise segmentation of one or more structures.
+    Segmentation,
+    /// One label per subject.
+    Classification,
+    /// One continuous value per subject.
+    Regression,
+}
+
+/// The network family.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Architecture {
+    /// A 3D U-Net: convolution blocks, max-pool down, transposed convolution up, skip
+    /// concatenation.
+    UNet3D,
+}
+
+/// What the network learns and how its inputs and outputs are prepared.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelSpec {
+    /// The learning task. Only `Segmentation` is trained by this release.
+    pub task: Task,
+    /// The network family.
+    pub architecture: Architecture,
+    /// Image channels fed to the network, in order; each names a `channel` value of the dataset
+    /// CSV (for example `ct` or `mr`).
+    pub image_channels: Vec<String>,
+    /// Structures to segment, in order; each names the `channel` of a binary mask in the
+    /// dataset CSV. The network predicts background plus one class per structure.
+    pub structures: Vec<String>,
+    /// Width and depth of the network.
+    #[serde(default)]
+    pub network: NetworkSpec,
+    /// Intensity normalisation, patch and tile sizes, and patch sampling.
+    pub preprocessing: PreprocessingSpec,
+    /// Random transforms applied to training patches.
+    #[serde(default)]
+    pub augmentation: AugmentationSpec,
+    /// The training loss.
+    #[serde(default)]
+    pub loss: LossSpec,
+    /// What is done to predicted masks before they are written and scored.
+    #[serde(default)]
+    pub postprocessing: PostprocessingSpec,
+}
+
+/// Normalisation layer used inside every convolution block.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum Normalization {
+    /// Group normalisation; independent of the batch size, so it suits the small batches of
+    /// 3D training.
+    #[default]
+    GroupNorm,
+    /// Batch normalisation with running statistics for inference.
+    BatchNorm,
+}
+
+/// Width and depth of the network.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkSpec {
+    /// Feature channels of the first level; each deeper level doubles them.
+    #[serde(default = "default_base_channels")]
+    #[schemars(range(min = 1, max = 512))]
+    pub base_channels: u32,
+    /// Resolution levels including the bottleneck; each level halves the spatial size, so patch
+    /// and tile sizes must be multiples of 2^(levels-1).
+    #[serde(default = "default_levels")]
+    #[schemars(range(min = 1, max = 7))]
+    pub levels: u32,
+    /// Normalisation layer inside every convolution block.
+    #[serde(default)]
+    pub normalization: Normalization,
+    /// Number of groups for `GroupNorm` (capped at the channel count of a layer).
+    #[serde(default = "default_norm_groups")]
+    #[schemars(range(min = 1))]
+    pub norm_groups: u32,
+    /// Negative slope of the LeakyReLU activations.
+    #[serde(default = "default_leaky_slope")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub leaky_relu_slope: f64,
+}
+
+// 16 channels and 4 levels is the smallest U-Net that still sees a 3 cm context at 1 mm.
+fn default_base_channels() -> u32 {
+    16
+}
+fn default_levels() -> u32 {
+    4
+}
+fn default_norm_groups() -> u32 {
+    4
+}
+fn default_leaky_slope() -> f64 {
+    0.01
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        Self {
+            base_channels: default_base_channels(),
+            levels: default_levels(),
+            normalization: Normalization::default(),
+            norm_groups: default_norm_groups(),
+            leaky_relu_slope: default_leaky_slope(),
+        }
+    }
+}
+
+/// How intensities of one image channel are mapped before they reach the network.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum NormalizationMethod {
+    /// Subtract the mean and divide by the standard deviation of the whole volume (MR).
+    ZScore,
+    /// Clip to the window `[level - width/2, level + width/2]` in Hounsfield units and map it
+    /// linearly to [-1, 1] (CT).
+    CtWindow,
+    /// Clip to the window between two intensity percentiles of the volume and map it linearly
+    /// to [-1, 1] (MR with outliers).
+    RobustWindow,
+}
+
+/// Intensity normalisation of one image channel.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelNormalization {
+    /// The image channel this applies to; one of `model.imageChannels`.
+    pub channel: String,
+    /// The normalisation method.
+    pub method: NormalizationMethod,
+    /// Window centre in HU for `CtWindow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_level: Option<f64>,
+    /// Window width in HU for `CtWindow`; must be positive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_width: Option<f64>,
+    /// Lower percentile (0-100) for `RobustWindow`; defaults to 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower_percentile: Option<f64>,
+    /// Upper percentile (0-100) for `RobustWindow`; defaults to 99.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper_percentile: Option<f64>,
+}
+
+/// Normalisation, patch and tile geometry, and patch sampling.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreprocessingSpec {
+    /// Normalisation per image channel. A channel without an entry gets `ZScore`.
+    #[serde(default)]
+    pub normalization: Vec<ChannelNormalization>,
+    /// Size of training patches in voxels along i, j, k (NIfTI axis order). Images smaller than
+    /// a patch are padded.
+    pub crop_size: [u32; 3],
+    /// Size of inference tiles in voxels along i, j, k; defaults to the crop size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tile_size: Option<[u32; 3]>,
+    /// Fraction of a tile shared with its neighbour during sliding-window inference, in [0, 1).
+    #[serde(default = "default_tile_overlap")]
+    #[schemars(range(min = 0.0, max = 0.95))]
+    pub tile_overlap: f64,
+    /// Relative weights for drawing the class a patch is centred on: background first, then one
+    /// per structure. Defaults to equal weights, which centres most patches on foreground.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<Vec<f64>>,
+}
+
+// Half-overlapping tiles average two predictions for most voxels, which removes tile seams.
+fn default_tile_overlap() -> f64 {
+    0.5
+}
+
+/// Random transforms applied to training patches.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AugmentationSpec {
+    /// Axes (0 = i, 1 = j, 2 = k) along which a patch may be mirrored. Empty by default: a flip
+    /// along an anatomical axis can swap the meaning of structures (left/right, anterior/
+    /// posterior).
+    #[serde(default)]
+    pub flip_axes: Vec<u8>,
+    /// Probability of mirroring along each listed axis.
+    #[serde(default = "default_flip_probability")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub flip_probability: f64,
+}
+
+fn default_flip_probability() -> f64 {
+    0.5
+}
+
+/// The training loss.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum LossKind {
+    /// Soft Dice over the structures (background excluded).
+    SoftDice,
+    /// Voxel-wise cross entropy over background and structures.
+    CrossEntropy,
+    /// `diceWeight * SoftDice + (1 - diceWeight) * CrossEntropy`.
+    #[default]
+    DiceCrossEntropy,
+}
+
+/// The training loss and its mixing weight.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LossSpec {
+    /// The loss function.
+    #[serde(default, rename = "type")]
+    pub kind: LossKind,
+    /// Weight of the soft Dice term in `DiceCrossEntropy`, in [0, 1].
+    #[serde(default = "default_dice_weight")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub dice_weight: f64,
+}
+
+fn default_dice_weight() -> f64 {
+    0.5
+}
+
+impl Default for LossSpec {
+    fn default() -> Self {
+        Self { kind: LossKind::default(), dice_weight: default_dice_weight() }
+    }
+}
+
+/// Post-processing of predicted masks.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PostprocessingSpec {
+    /// Keep only the largest 26-connected component of each structure.
+    #[serde(default)]
+    pub largest_component: bool,
+}
+
+/// How the network is trained.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingSpec {
+    /// Number of passes; each draws one patch per training subject.
+    #[schemars(range(min = 1, max = 100000))]
+    pub epochs: u32,
+    /// Patches per optimisation step.
+    #[serde(default = "default_batch_size")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub batch_size: u32,
+    /// The optimizer.
+    #[serde(default)]
+    pub optimizer: OptimizerSpec,
+    /// The learning-rate schedule.
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    /// Seed of every random choice: initial weights, patch sampling, augmentation.
+    #[serde(default)]
+    pub seed: u64,
+    /// Ask LibTorch for deterministic algorithms (slower on GPU; the CPU is deterministic for a
+    /// fixed thread count either way).
+    #[serde(default = "default_true")]
+    pub deterministic: bool,
+    /// Numeric precision of forward passes.
+    #[serde(default)]
+    pub precision: Precision,
+    /// Write a resumable checkpoint every this many epochs (and always after the last).
+    #[serde(default = "default_checkpoint_every")]
+    #[schemars(range(min = 1))]
+    pub checkpoint_every_epochs: u32,
+}
+
+fn default_batch_size() -> u32 {
+    2
+}
+fn default_true() -> bool {
+    true
+}
+fn default_checkpoint_every() -> u32 {
+    5
+}
+
+/// Numeric precision of forward passes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum Precision {
+    /// Full 32-bit floats everywhere.
+    #[default]
+    Float32,
+    /// bfloat16 autocast for convolutions; weights, optimizer and losses stay in 32 bits.
+    BFloat16,
+}
+
+/// The optimizer family.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum OptimizerKind {
+    /// Adam with bias correction; `weightDecay` is added to the gradient (L2).
+    #[default]
+    Adam,
+    /// Stochastic gradient descent with (optionally Nesterov) momentum.
+    Sgd,
+}
+
+/// The optimizer and its hyperparameters.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OptimizerSpec {
+    /// The optimizer family.
+    #[serde(default, rename = "type")]
+    pub kind: OptimizerKind,
+    /// Peak learning rate (reached after warm-up).
+    #[serde(default = "default_learning_rate")]
+    #[schemars(range(min = 0.0, max = 10.0))]
+    pub learning_rate: f64,
+    /// L2 weight decay.
+    #[serde(default)]
+    #[schemars(range(min = 0.0))]
+    pub weight_decay: f64,
+    /// Momentum for `Sgd`.
+    #[serde(default = "default_momentum")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub momentum: f64,
+    /// Nesterov momentum for `Sgd`.
+    #[serde(default)]
+    pub nesterov: bool,
+    /// Adam's exponential decay rates of the first and second moment estimates.
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// Adam's term added to the denominator for numerical stability.
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+}
+
+// 1e-3 is Adam's customary rate; U-Nets with normalisation layers tolerate it well.
+fn default_learning_rate() -> f64 {
+    1e-3
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_epsilon() -> f64 {
+    1e-8
+}
+
+impl Default for OptimizerSpec {
+    fn default() -> Self {
+        Self {
+            kind: OptimizerKind::default(),
+            learning_rate: default_learning_rate(),
+            weight_decay: 0.0,
+            momentum: default_momentum(),
+            nesterov: false,
+            betas: default_betas(),
+            epsilon: default_epsilon(),
+        }
+    }
+}
+
+/// Shape of the learning-rate schedule after warm-up.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema, Default)]
+pub enum ScheduleKind {
+    /// The peak rate throughout.
+    #[default]
+    Constant,
+    /// Half a cosine from the peak rate down to `minLearningRate` at the last step.
+    Cosine,
+    /// `(1 - progress)^power` from the peak rate down to `minLearningRate`.
+    Polynomial,
+    /// Multiply by `gamma` every `stepEpochs` epochs.
+    Step,
+}
+
+/// The learning-rate schedule, evaluated at every optimisation step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleSpec {
+    /// Shape after warm-up.
+    #[serde(default, rename = "type")]
+    pub kind: ScheduleKind,
+    /// Epochs of linear warm-up from zero to the peak rate.
+    #[serde(default)]
+    pub warmup_epochs: u32,
+    /// Floor of `Cosine` and `Polynomial`.
+    #[serde(default)]
+    #[schemars(range(min = 0.0))]
+    pub min_learning_rate: f64,
+    /// Exponent of `Polynomial`.
+    #[serde(default = "default_power")]
+    pub power: f64,
+    /// Period of `Step`, in epochs.
+    #[serde(default = "default_step_epochs")]
+    #[schemars(range(min = 1))]
+    pub step_epochs: u32,
+    /// Factor of `Step`.
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+}
+
+// 0.9 is the "poly" schedule of the segmentation literature.
+fn default_power() -> f64 {
+    0.9
+}
+fn default_step_epochs() -> u32 {
+    30
+}
+fn default_gamma() -> f64 {
+    0.1
+}
+
+impl Default for ScheduleSpec {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::default(),
+            warmup_epochs: 0,
+            min_learning_rate: 0.0,
+            power: default_power(),
+            step_epochs: default_step_epochs(),
+            gamma: default_gamma(),
+        }
+    }
+}
+
+/// Where the data is and how subjects are split.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DataSpec {
+    /// The storage holding the dataset CSV and the images.
+    pub source: DataSource,
+    /// Path of the dataset CSV (`subject,filePath,channel` plus optional columns) inside the
+    /// source; its `filePath`s are relative to the CSV's own folder.
+    pub dataset: String,
+    /// How subjects are divided into training, validation and test sets.
+    #[serde(default)]
+    pub split: SplitSpec,
+}
+
+/// The storage holding the data. Exactly one field is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DataSource {
+    /// A directory on this machine (local mode). A relative path is relative to the manifest's
+    /// folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_path: Option<String>,
+    /// A PersistentVolumeClaim mounted read-only into trainer pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PvcSource>,
+}
+
+/// A PersistentVolumeClaim holding the data.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PvcSource {
+    /// Name of the claim, in the Experiment's namespace.
+    pub claim_name: String,
+    /// Folder inside the volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub_path: Option<String>,
+}
+
+/// Subject-level split. Either explicit lists or fractions; a subject's images never end up in
+/// two sets.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SplitSpec {
+    /// Subjects held out for the final test. Overrides `testFraction`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub test_subjects: Vec<String>,
+    /// Subjects used for validation after every epoch. Overrides `validationFraction`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_subjects: Vec<String>,
+    /// Fraction of subjects held out for the final test, in (0, 1), when no list is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_fraction: Option<f64>,
+    /// Fraction of subjects used for validation, in [0, 1), when no list is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_fraction: Option<f64>,
+    /// Seed of the random split by fractions.
+    #[serde(default)]
+    pub seed: u64,
+}

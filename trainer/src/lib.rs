@@ -1,0 +1,17 @@
+//! `voxel-trainer`: loads medical images, trains segmentation networks with LibTorch, runs
+//! sliding-window inference and scores predictions with the metrics researchers use.
+//!
+//! It never talks to the Kubernetes API. Its contract with the operator is the resolved
+//! configuration it is given, the files it writes (see [`outputs`]), and its exit code (see
+//! [`error`]).
+
+pub mod data;
+pub mod error;
+pub mod evaluate;
+pub mod infer;
+pub mod metrics;
+pub mod model;
+pub mod network;
+pub mod outputs;
+pub mod resolve;
+pub mod train;

@@ -1,0 +1,164 @@
+//! The `voxel-trainer` command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tch::Device;
+use tracing::{error, info};
+use voxel_trainer::{
+    data::dataset::read_dataset,
+    error::{EXIT_OK, exit_code_for},
+    evaluate::{Summary, evaluate_folder, write_metrics_csv},
+    infer::run_inference,
+    train::{Outcome, TrainOptions, train},
+};
+
+/// Trains, runs and evaluates medical image segmentation models with LibTorch.
+///
+/// Exit codes: 0 success; 1 a failure that may pass on retry; 2 invalid command line;
+/// 65 invalid data; 78 invalid configuration (65 and 78 are never worth retrying).
+#[derive(Debug, Parser)]
+#[command(name = "voxel-trainer", version, about)]
+struct Cli {
+    /// Compute device: `auto` takes CUDA when LibTorch sees a GPU.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceChoice::Auto)]
+    device: DeviceChoice,
+    /// Intra-op threads of LibTorch (default: LibTorch's choice, usually the core count).
+    #[arg(long, global = true, env = "VOXEL_THREADS")]
+    threads: Option<i32>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train an Experiment manifest, then evaluate on its test subjects. Resumes from the last
+    /// checkpoint in the output folder.
+    Train {
+        /// The Experiment manifest (the same YAML a cluster takes).
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+        /// Output folder: weights, checkpoints, metrics.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// Folder that replaces `spec.data.source` (the volume mount path in a pod).
+        #[arg(long)]
+        data_root: Option<PathBuf>,
+        /// Stop after this epoch's checkpoint, as a preemption would (rerun to resume).
+        #[arg(long)]
+        stop_after_epoch: Option<u32>,
+    },
+    /// Predict every subject of a dataset CSV with a trained model.
+    Infer {
+        /// A training output folder (holds model.safetensors and experiment.yaml).
+        #[arg(long)]
+        model: PathBuf,
+        /// Dataset CSV listing the images to segment.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Output folder: `<subject>/<structure>.nii.gz` and `segmentation.nii.gz`.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+    },
+    /// Score predictions (`<subject>/<structure>.nii.gz`) against the masks of a dataset CSV.
+    Evaluate {
+        /// Dataset CSV with the ground-truth masks.
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Folder of predictions, one subfolder per subject.
+        #[arg(long)]
+        predictions: PathBuf,
+        /// Where to write the per-subject metrics CSV.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// Structures to score (default: every mask found in the predictions).
+        #[arg(long, value_delimiter = ',')]
+        structures: Option<Vec<String>>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::from(EXIT_OK as u8),
+        Err(e) => {
+            let code = exit_code_for(&e);
+            error!(exit_code = code, "{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(code as u8)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn device(choice: DeviceChoice) -> anyhow::Result<Device> {
+    Ok(match choice {
+        DeviceChoice::Auto => Device::cuda_if_available(),
+        DeviceChoice::Cpu => Device::Cpu,
+        DeviceChoice::Cuda => {
+            anyhow::ensure!(tch::Cuda::is_available(), "--device cuda: LibTorch sees no CUDA device");
+            Device::Cuda(0)
+        }
+    })
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(threads) = cli.threads {
+        tch::set_num_threads(threads);
+    }
+    let device = device(cli.device)?;
+    match cli.command {
+        Command::Train { config, output, data_root, stop_after_epoch } => {
+            info!(config = %config.display(), output = %output.display(), ?device, "training");
+            let options = TrainOptions { config, output: output.clone(), data_root, device, stop_after_epoch };
+            match train(&options)? {
+                Outcome::Finished(summary) => {
+                    println!("Test metrics ({} subjects), mean ± std:", summary.subjects);
+                    print!("{}", summary.table());
+                    println!("Results in {}", output.display());
+                }
+                Outcome::Stopped(epoch) => println!("Stopped after epoch {epoch}; rerun to resume."),
+            }
+        }
+        Command::Infer { model, dataset, output } => {
+            let count = run_inference(&model, &dataset, &output, device)?;
+            println!("Predicted {count} subject(s) into {}", output.display());
+        }
+        Command::Evaluate { dataset, predictions, output, structures } => {
+            let dataset = read_dataset(&dataset)?;
+            let rows = evaluate_folder(&dataset, &predictions, structures.as_deref())?;
+            write_metrics_csv(&output, &rows).context("writing metrics")?;
+            let summary = Summary::of(&rows);
+            print!("{}", summary.table());
+            println!("Per-subject metrics in {}", output.display());
+        }
+    }
+    Ok(())
+}
