@@ -254,7 +254,10 @@ fn default_dice_weight() -> f64 {
 
 impl Default for LossSpec {
     fn default() -> Self {
-        Self { kind: LossKind::default(), dice_weight: default_dice_weight() }
+        Self {
+            kind: LossKind::default(),
+            dice_weight: default_dice_weight(),
+        }
     }
 }
 

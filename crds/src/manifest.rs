@@ -9,12 +9,21 @@ use crate::{Experiment, ValidationErrors};
 pub enum ManifestError {
     /// The file could not be read.
     #[error("cannot read manifest {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// The YAML does not describe the expected resource.
     #[error("manifest {path} is not a valid {kind}: {source}")]
-    Parse { path: PathBuf, kind: &'static str, source: serde_yaml::Error },
+    Parse {
+        path: PathBuf,
+        kind: &'static str,
+        source: serde_yaml::Error,
+    },
     /// apiVersion or kind name another resource.
-    #[error("manifest {path}: expected apiVersion {expected_api} and kind {expected_kind}, found {found_api} {found_kind}")]
+    #[error(
+        "manifest {path}: expected apiVersion {expected_api} and kind {expected_kind}, found {found_api} {found_kind}"
+    )]
     WrongKind {
         path: PathBuf,
         expected_api: String,
@@ -24,23 +33,39 @@ pub enum ManifestError {
     },
     /// A rule of the spec is violated.
     #[error("manifest {path}: {source}")]
-    Invalid { path: PathBuf, source: ValidationErrors },
+    Invalid {
+        path: PathBuf,
+        source: ValidationErrors,
+    },
 }
 
 /// Reads and validates an Experiment manifest.
 pub fn read_experiment(path: &Path) -> Result<Experiment, ManifestError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
     parse_experiment(&text, path)
 }
 
 /// Parses and validates an Experiment manifest; `path` is only used in messages.
 pub fn parse_experiment(text: &str, path: &Path) -> Result<Experiment, ManifestError> {
-    let header: serde_yaml::Value = serde_yaml::from_str(text).map_err(|source| {
-        ManifestError::Parse { path: path.to_owned(), kind: "Experiment", source }
-    })?;
-    let found_api = header.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("").to_string();
-    let found_kind = header.get("kind").and_then(|v| v.as_str()).unwrap_or("").to_string();
+    let header: serde_yaml::Value =
+        serde_yaml::from_str(text).map_err(|source| ManifestError::Parse {
+            path: path.to_owned(),
+            kind: "Experiment",
+            source,
+        })?;
+    let found_api = header
+        .get("apiVersion")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
+    let found_kind = header
+        .get("kind")
+        .and_then(|v| v.as_str())
+        .unwrap_or("")
+        .to_string();
     let expected_api = format!("{}/{}", crate::GROUP, crate::VERSION);
     if found_api != expected_api || found_kind != "Experiment" {
         return Err(ManifestError::WrongKind {
@@ -52,12 +77,18 @@ pub fn parse_experiment(text: &str, path: &Path) -> Result<Experiment, ManifestE
         });
     }
     // Parsed again from the text (not from `header`) so that errors carry line numbers.
-    let experiment: Experiment = serde_yaml::from_str(text).map_err(|source| {
-        ManifestError::Parse { path: path.to_owned(), kind: "Experiment", source }
-    })?;
+    let experiment: Experiment =
+        serde_yaml::from_str(text).map_err(|source| ManifestError::Parse {
+            path: path.to_owned(),
+            kind: "Experiment",
+            source,
+        })?;
     experiment
         .spec
         .validate()
-        .map_err(|source| ManifestError::Invalid { path: path.to_owned(), source })?;
+        .map_err(|source| ManifestError::Invalid {
+            path: path.to_owned(),
+            source,
+        })?;
     Ok(experiment)
 }

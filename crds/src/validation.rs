@@ -39,7 +39,10 @@ struct Collector(Vec<FieldError>);
 impl Collector {
     fn check(&mut self, ok: bool, field: &str, message: impl FnOnce() -> String) {
         if !ok {
-            self.0.push(FieldError { field: field.to_string(), message: message() });
+            self.0.push(FieldError {
+                field: field.to_string(),
+                message: message(),
+            });
         }
     }
 }
@@ -62,41 +65,58 @@ impl ExperimentSpec {
         self.validate_model(&mut c);
         self.validate_training(&mut c);
         self.validate_data(&mut c);
-        if c.0.is_empty() { Ok(()) } else { Err(ValidationErrors(c.0)) }
+        if c.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationErrors(c.0))
+        }
     }
 
     fn validate_model(&self, c: &mut Collector) {
         let model = &self.model;
-        c.check(!model.image_channels.is_empty(), "spec.model.imageChannels", || {
-            "at least one image channel is required".into()
-        });
+        c.check(
+            !model.image_channels.is_empty(),
+            "spec.model.imageChannels",
+            || "at least one image channel is required".into(),
+        );
         let repeated = duplicates(&model.image_channels);
         c.check(repeated.is_empty(), "spec.model.imageChannels", || {
             format!("channels listed twice: {repeated:?}")
         });
-        c.check(!model.structures.is_empty(), "spec.model.structures", || {
-            "a segmentation model needs at least one structure".into()
-        });
+        c.check(
+            !model.structures.is_empty(),
+            "spec.model.structures",
+            || "a segmentation model needs at least one structure".into(),
+        );
         let repeated = duplicates(&model.structures);
         c.check(repeated.is_empty(), "spec.model.structures", || {
             format!("structures listed twice: {repeated:?}")
         });
-        let both: Vec<&String> =
-            model.structures.iter().filter(|s| model.image_channels.contains(s)).collect();
+        let both: Vec<&String> = model
+            .structures
+            .iter()
+            .filter(|s| model.image_channels.contains(s))
+            .collect();
         c.check(both.is_empty(), "spec.model.structures", || {
             format!("{both:?} named both as image channel and as structure")
         });
 
         let network = &model.network;
-        c.check((1..=7).contains(&network.levels), "spec.model.network.levels", || {
-            format!("must be between 1 and 7, found {}", network.levels)
-        });
-        c.check(network.base_channels >= 1, "spec.model.network.baseChannels", || {
-            "must be at least 1".into()
-        });
-        c.check(network.norm_groups >= 1, "spec.model.network.normGroups", || {
-            "must be at least 1".into()
-        });
+        c.check(
+            (1..=7).contains(&network.levels),
+            "spec.model.network.levels",
+            || format!("must be between 1 and 7, found {}", network.levels),
+        );
+        c.check(
+            network.base_channels >= 1,
+            "spec.model.network.baseChannels",
+            || "must be at least 1".into(),
+        );
+        c.check(
+            network.norm_groups >= 1,
+            "spec.model.network.normGroups",
+            || "must be at least 1".into(),
+        );
         c.check(
             (0.0..=1.0).contains(&network.leaky_relu_slope),
             "spec.model.network.leakyReluSlope",
@@ -105,7 +125,10 @@ impl ExperimentSpec {
 
         let pre = &model.preprocessing;
         let multiple = 1u32 << network.levels.clamp(1, 7).saturating_sub(1);
-        let sizes = [("cropSize", Some(pre.crop_size)), ("tileSize", pre.tile_size)];
+        let sizes = [
+            ("cropSize", Some(pre.crop_size)),
+            ("tileSize", pre.tile_size),
+        ];
         for (name, size) in sizes {
             let Some(size) = size else { continue };
             c.check(
@@ -126,12 +149,16 @@ impl ExperimentSpec {
         );
         if let Some(weights) = &pre.class_weights {
             let expected = model.structures.len() + 1;
-            c.check(weights.len() == expected, "spec.model.preprocessing.classWeights", || {
-                format!(
-                    "needs {expected} weights (background, then one per structure), found {}",
-                    weights.len()
-                )
-            });
+            c.check(
+                weights.len() == expected,
+                "spec.model.preprocessing.classWeights",
+                || {
+                    format!(
+                        "needs {expected} weights (background, then one per structure), found {}",
+                        weights.len()
+                    )
+                },
+            );
             c.check(
                 weights.iter().all(|w| w.is_finite() && *w >= 0.0)
                     && weights.iter().sum::<f64>() > 0.0,
@@ -141,23 +168,35 @@ impl ExperimentSpec {
         }
         let channels: Vec<&String> = pre.normalization.iter().map(|n| &n.channel).collect();
         let repeated = duplicates(channels.iter().copied());
-        c.check(repeated.is_empty(), "spec.model.preprocessing.normalization", || {
-            format!("channels normalised twice: {repeated:?}")
-        });
+        c.check(
+            repeated.is_empty(),
+            "spec.model.preprocessing.normalization",
+            || format!("channels normalised twice: {repeated:?}"),
+        );
         for (i, norm) in pre.normalization.iter().enumerate() {
             let field = format!("spec.model.preprocessing.normalization[{i}]");
             c.check(model.image_channels.contains(&norm.channel), &field, || {
-                format!("channel {:?} is not one of spec.model.imageChannels", norm.channel)
+                format!(
+                    "channel {:?} is not one of spec.model.imageChannels",
+                    norm.channel
+                )
             });
             match norm.method {
                 NormalizationMethod::CtWindow => {
-                    c.check(norm.window_level.is_some(), &format!("{field}.windowLevel"), || {
-                        "required by CtWindow".into()
-                    });
+                    c.check(
+                        norm.window_level.is_some(),
+                        &format!("{field}.windowLevel"),
+                        || "required by CtWindow".into(),
+                    );
                     c.check(
                         norm.window_width.is_some_and(|w| w > 0.0),
                         &format!("{field}.windowWidth"),
-                        || format!("CtWindow needs a positive width, found {:?}", norm.window_width),
+                        || {
+                            format!(
+                                "CtWindow needs a positive width, found {:?}",
+                                norm.window_width
+                            )
+                        },
                     );
                 }
                 NormalizationMethod::RobustWindow => {
@@ -174,38 +213,52 @@ impl ExperimentSpec {
         }
 
         let aug = &model.augmentation;
-        c.check(aug.flip_axes.iter().all(|&a| a < 3), "spec.model.augmentation.flipAxes", || {
-            format!("axes are 0, 1 or 2, found {:?}", aug.flip_axes)
-        });
+        c.check(
+            aug.flip_axes.iter().all(|&a| a < 3),
+            "spec.model.augmentation.flipAxes",
+            || format!("axes are 0, 1 or 2, found {:?}", aug.flip_axes),
+        );
         c.check(
             (0.0..=1.0).contains(&aug.flip_probability),
             "spec.model.augmentation.flipProbability",
             || format!("must be in [0, 1], found {}", aug.flip_probability),
         );
-        c.check((0.0..=1.0).contains(&model.loss.dice_weight), "spec.model.loss.diceWeight", || {
-            format!("must be in [0, 1], found {}", model.loss.dice_weight)
-        });
+        c.check(
+            (0.0..=1.0).contains(&model.loss.dice_weight),
+            "spec.model.loss.diceWeight",
+            || format!("must be in [0, 1], found {}", model.loss.dice_weight),
+        );
     }
 
     fn validate_training(&self, c: &mut Collector) {
         let t = &self.training;
-        c.check(t.epochs >= 1, "spec.training.epochs", || "must be at least 1".into());
-        c.check(t.batch_size >= 1, "spec.training.batchSize", || "must be at least 1".into());
-        c.check(t.checkpoint_every_epochs >= 1, "spec.training.checkpointEveryEpochs", || {
+        c.check(t.epochs >= 1, "spec.training.epochs", || {
             "must be at least 1".into()
         });
+        c.check(t.batch_size >= 1, "spec.training.batchSize", || {
+            "must be at least 1".into()
+        });
+        c.check(
+            t.checkpoint_every_epochs >= 1,
+            "spec.training.checkpointEveryEpochs",
+            || "must be at least 1".into(),
+        );
         let opt = &t.optimizer;
         c.check(
             opt.learning_rate > 0.0 && opt.learning_rate.is_finite(),
             "spec.training.optimizer.learningRate",
             || format!("must be positive, found {}", opt.learning_rate),
         );
-        c.check(opt.weight_decay >= 0.0, "spec.training.optimizer.weightDecay", || {
-            format!("must not be negative, found {}", opt.weight_decay)
-        });
-        c.check((0.0..1.0).contains(&opt.momentum), "spec.training.optimizer.momentum", || {
-            format!("must be in [0, 1), found {}", opt.momentum)
-        });
+        c.check(
+            opt.weight_decay >= 0.0,
+            "spec.training.optimizer.weightDecay",
+            || format!("must not be negative, found {}", opt.weight_decay),
+        );
+        c.check(
+            (0.0..1.0).contains(&opt.momentum),
+            "spec.training.optimizer.momentum",
+            || format!("must be in [0, 1), found {}", opt.momentum),
+        );
         c.check(
             opt.betas.iter().all(|b| (0.0..1.0).contains(b)),
             "spec.training.optimizer.betas",
@@ -215,20 +268,31 @@ impl ExperimentSpec {
             format!("must be positive, found {}", opt.epsilon)
         });
         let s = &t.schedule;
-        c.check(s.warmup_epochs < t.epochs.max(1), "spec.training.schedule.warmupEpochs", || {
-            format!("must be fewer than the {} epochs, found {}", t.epochs, s.warmup_epochs)
-        });
+        c.check(
+            s.warmup_epochs <= t.epochs,
+            "spec.training.schedule.warmupEpochs",
+            || format!("must not exceed the {} epochs, found {}", t.epochs, s.warmup_epochs),
+        );
         c.check(
             s.min_learning_rate >= 0.0 && s.min_learning_rate <= opt.learning_rate,
             "spec.training.schedule.minLearningRate",
-            || format!("must be in [0, learningRate], found {}", s.min_learning_rate),
+            || {
+                format!(
+                    "must be in [0, learningRate], found {}",
+                    s.min_learning_rate
+                )
+            },
         );
-        c.check(s.step_epochs >= 1, "spec.training.schedule.stepEpochs", || {
-            "must be at least 1".into()
-        });
-        c.check(s.gamma > 0.0 && s.gamma <= 1.0, "spec.training.schedule.gamma", || {
-            format!("must be in (0, 1], found {}", s.gamma)
-        });
+        c.check(
+            s.step_epochs >= 1,
+            "spec.training.schedule.stepEpochs",
+            || "must be at least 1".into(),
+        );
+        c.check(
+            s.gamma > 0.0 && s.gamma <= 1.0,
+            "spec.training.schedule.gamma",
+            || format!("must be in (0, 1], found {}", s.gamma),
+        );
         c.check(s.power > 0.0, "spec.training.schedule.power", || {
             format!("must be positive, found {}", s.power)
         });
@@ -239,10 +303,15 @@ impl ExperimentSpec {
         c.check(!d.dataset.trim().is_empty(), "spec.data.dataset", || {
             "the dataset CSV path is required".into()
         });
-        let set = [d.source.local_path.is_some(), d.source.persistent_volume_claim.is_some()];
-        c.check(set.iter().filter(|s| **s).count() == 1, "spec.data.source", || {
-            "exactly one of localPath and persistentVolumeClaim must be set".into()
-        });
+        let set = [
+            d.source.local_path.is_some(),
+            d.source.persistent_volume_claim.is_some(),
+        ];
+        c.check(
+            set.iter().filter(|s| **s).count() == 1,
+            "spec.data.source",
+            || "exactly one of localPath and persistentVolumeClaim must be set".into(),
+        );
         let split = &d.split;
         if let Some(f) = split.test_fraction {
             c.check(f > 0.0 && f < 1.0, "spec.data.split.testFraction", || {
@@ -250,26 +319,36 @@ impl ExperimentSpec {
             });
         }
         if let Some(f) = split.validation_fraction {
-            c.check((0.0..1.0).contains(&f), "spec.data.split.validationFraction", || {
-                format!("must be in [0, 1), found {f}")
-            });
+            c.check(
+                (0.0..1.0).contains(&f),
+                "spec.data.split.validationFraction",
+                || format!("must be in [0, 1), found {f}"),
+            );
         }
         let total = split.test_fraction.unwrap_or(0.0) + split.validation_fraction.unwrap_or(0.0);
         c.check(total < 1.0, "spec.data.split", || {
             format!("test and validation fractions leave no training subjects (sum {total})")
         });
-        for (name, list) in
-            [("testSubjects", &split.test_subjects), ("validationSubjects", &split.validation_subjects)]
-        {
+        for (name, list) in [
+            ("testSubjects", &split.test_subjects),
+            ("validationSubjects", &split.validation_subjects),
+        ] {
             let repeated = duplicates(list);
-            c.check(repeated.is_empty(), &format!("spec.data.split.{name}"), || {
-                format!("subjects listed twice: {repeated:?}")
-            });
+            c.check(
+                repeated.is_empty(),
+                &format!("spec.data.split.{name}"),
+                || format!("subjects listed twice: {repeated:?}"),
+            );
         }
-        let both: Vec<&String> =
-            split.test_subjects.iter().filter(|s| split.validation_subjects.contains(s)).collect();
-        c.check(both.is_empty(), "spec.data.split.validationSubjects", || {
-            format!("{both:?} also listed in testSubjects")
-        });
+        let both: Vec<&String> = split
+            .test_subjects
+            .iter()
+            .filter(|s| split.validation_subjects.contains(s))
+            .collect();
+        c.check(
+            both.is_empty(),
+            "spec.data.split.validationSubjects",
+            || format!("{both:?} also listed in testSubjects"),
+        );
     }
 }

@@ -51,12 +51,20 @@ pub struct PermanentError {
 
 /// A permanent error about input data.
 pub fn bad_data(message: impl Into<String>) -> anyhow::Error {
-    PermanentError { class: FailureClass::BadData, message: message.into() }.into()
+    PermanentError {
+        class: FailureClass::BadData,
+        message: message.into(),
+    }
+    .into()
 }
 
 /// A permanent error about the configuration.
 pub fn bad_config(message: impl Into<String>) -> anyhow::Error {
-    PermanentError { class: FailureClass::BadConfig, message: message.into() }.into()
+    PermanentError {
+        class: FailureClass::BadConfig,
+        message: message.into(),
+    }
+    .into()
 }
 
 /// The exit code for an error chain: permanent when any cause is a [`PermanentError`].

@@ -63,7 +63,11 @@ pub fn score(
 ) -> anyhow::Result<MetricsRow> {
     let metrics = evaluate_structure(prediction, truth, spacing_mm)
         .map_err(|e| bad_data(format!("subject {subject}, structure {structure}: {e}")))?;
-    Ok(MetricsRow { subject: subject.into(), structure: structure.into(), metrics })
+    Ok(MetricsRow {
+        subject: subject.into(),
+        structure: structure.into(),
+        metrics,
+    })
 }
 
 /// Writes rows as CSV with the columns of [`outputs::METRICS_COLUMNS`]. Non-finite values are
@@ -99,8 +103,11 @@ pub fn read_metrics_csv(path: &Path) -> anyhow::Result<Vec<MetricsRow>> {
     let mut reader = csv::Reader::from_path(path)
         .map_err(|e| bad_data(format!("cannot read metrics CSV {}: {e}", path.display())))?;
     let headers = reader.headers()?.clone();
-    let missing: Vec<&str> =
-        outputs::METRICS_COLUMNS.iter().copied().filter(|c| !headers.iter().any(|h| h == *c)).collect();
+    let missing: Vec<&str> = outputs::METRICS_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| !headers.iter().any(|h| h == *c))
+        .collect();
     if !missing.is_empty() {
         return Err(bad_data(format!(
             "metrics CSV {}: missing columns {missing:?}",
@@ -136,9 +143,9 @@ impl Aggregate {
         let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
         let n = finite.len();
         let mean = (n > 0).then(|| finite.iter().sum::<f64>() / n as f64);
-        let std = mean.filter(|_| n > 1).map(|m| {
-            (finite.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt()
-        });
+        let std = mean
+            .filter(|_| n > 1)
+            .map(|m| (finite.iter().map(|v| (v - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt());
         Self {
             mean,
             std,
@@ -164,7 +171,10 @@ impl Summary {
     pub fn of(rows: &[MetricsRow]) -> Self {
         let mut by_structure: BTreeMap<String, Vec<&StructureMetrics>> = BTreeMap::new();
         for row in rows {
-            by_structure.entry(row.structure.clone()).or_default().push(&row.metrics);
+            by_structure
+                .entry(row.structure.clone())
+                .or_default()
+                .push(&row.metrics);
         }
         let structures = by_structure
             .into_iter()
@@ -173,7 +183,8 @@ impl Summary {
                     .iter()
                     .enumerate()
                     .map(|(i, name)| {
-                        let values: Vec<f64> = metrics.iter().map(|m| metric_values(m)[i]).collect();
+                        let values: Vec<f64> =
+                            metrics.iter().map(|m| metric_values(m)[i]).collect();
                         (name.to_string(), Aggregate::of(&values))
                     })
                     .collect();
@@ -183,13 +194,17 @@ impl Summary {
         let mut subjects: Vec<&str> = rows.iter().map(|r| r.subject.as_str()).collect();
         subjects.sort_unstable();
         subjects.dedup();
-        Self { subjects: subjects.len(), structures }
+        Self {
+            subjects: subjects.len(),
+            structures,
+        }
     }
 
     /// Writes the summary as pretty JSON.
     pub fn write(&self, path: &Path) -> anyhow::Result<()> {
         let text = serde_json::to_string_pretty(self)?;
-        std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))
     }
 
     /// A plain-text table: one line per structure with Dice and HD95.
@@ -199,7 +214,9 @@ impl Summary {
             "structure", "dice", "hd95_mm", "msd_mm", "n"
         );
         let cell = |a: Option<&Aggregate>| match a {
-            Some(Aggregate { mean: Some(m), std, .. }) => {
+            Some(Aggregate {
+                mean: Some(m), std, ..
+            }) => {
                 format!("{m:.4} ± {:.4}", std.unwrap_or(0.0))
             }
             _ => "n/a".into(),
@@ -226,7 +243,10 @@ pub fn evaluate_folder(
     structures: Option<&[String]>,
 ) -> anyhow::Result<Vec<MetricsRow>> {
     let entries = std::fs::read_dir(predictions).map_err(|e| {
-        bad_data(format!("cannot read predictions folder {}: {e}", predictions.display()))
+        bad_data(format!(
+            "cannot read predictions folder {}: {e}",
+            predictions.display()
+        ))
     })?;
     let mut subject_dirs: Vec<(String, PathBuf)> = entries
         .filter_map(Result::ok)
@@ -302,8 +322,10 @@ fn score_files(
     predicted: &Path,
     truth: &Path,
 ) -> anyhow::Result<MetricsRow> {
-    let prediction = read_volume(predicted).map_err(|e| bad_data(format!("subject {subject}: {e}")))?;
-    let truth_volume = read_volume(truth).map_err(|e| bad_data(format!("subject {subject}: {e}")))?;
+    let prediction =
+        read_volume(predicted).map_err(|e| bad_data(format!("subject {subject}: {e}")))?;
+    let truth_volume =
+        read_volume(truth).map_err(|e| bad_data(format!("subject {subject}: {e}")))?;
     if prediction.data.dim() != truth_volume.data.dim() {
         return Err(bad_data(format!(
             "subject {subject}, structure {structure}: prediction {} has shape {:?} but ground \
@@ -316,5 +338,11 @@ fn score_files(
     }
     let p = prediction.data.mapv(|v| v > 0.5);
     let t = truth_volume.data.mapv(|v| v > 0.5);
-    score(subject, structure, p.view(), t.view(), truth_volume.spacing_mm)
+    score(
+        subject,
+        structure,
+        p.view(),
+        t.view(),
+        truth_volume.spacing_mm,
+    )
 }

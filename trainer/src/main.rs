@@ -96,13 +96,16 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    let format = cli.log_format;
+    init_logging(format);
     match run(cli) {
         Ok(()) => ExitCode::from(EXIT_OK as u8),
         Err(e) => {
             let code = exit_code_for(&e);
-            error!(exit_code = code, "{e:#}");
-            eprintln!("error: {e:#}");
+            match format {
+                LogFormat::Json => error!(exit_code = code, "{e:#}"),
+                LogFormat::Text => eprintln!("error: {e:#}"),
+            }
             ExitCode::from(code as u8)
         }
     }
@@ -111,7 +114,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -123,7 +128,10 @@ fn device(choice: DeviceChoice) -> anyhow::Result<Device> {
         DeviceChoice::Auto => Device::cuda_if_available(),
         DeviceChoice::Cpu => Device::Cpu,
         DeviceChoice::Cuda => {
-            anyhow::ensure!(tch::Cuda::is_available(), "--device cuda: LibTorch sees no CUDA device");
+            anyhow::ensure!(
+                tch::Cuda::is_available(),
+                "--device cuda: LibTorch sees no CUDA device"
+            );
             Device::Cuda(0)
         }
     })
@@ -135,23 +143,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let device = device(cli.device)?;
     match cli.command {
-        Command::Train { config, output, data_root, stop_after_epoch } => {
+        Command::Train {
+            config,
+            output,
+            data_root,
+            stop_after_epoch,
+        } => {
             info!(config = %config.display(), output = %output.display(), ?device, "training");
-            let options = TrainOptions { config, output: output.clone(), data_root, device, stop_after_epoch };
+            let options = TrainOptions {
+                config,
+                output: output.clone(),
+                data_root,
+                device,
+                stop_after_epoch,
+            };
             match train(&options)? {
                 Outcome::Finished(summary) => {
                     println!("Test metrics ({} subjects), mean ± std:", summary.subjects);
                     print!("{}", summary.table());
                     println!("Results in {}", output.display());
                 }
-                Outcome::Stopped(epoch) => println!("Stopped after epoch {epoch}; rerun to resume."),
+                Outcome::Stopped(epoch) => {
+                    println!("Stopped after epoch {epoch}; rerun to resume.")
+                }
             }
         }
-        Command::Infer { model, dataset, output } => {
+        Command::Infer {
+            model,
+            dataset,
+            output,
+        } => {
             let count = run_inference(&model, &dataset, &output, device)?;
             println!("Predicted {count} subject(s) into {}", output.display());
         }
-        Command::Evaluate { dataset, predictions, output, structures } => {
+        Command::Evaluate {
+            dataset,
+            predictions,
+            output,
+            structures,
+        } => {
             let dataset = read_dataset(&dataset)?;
             let rows = evaluate_folder(&dataset, &predictions, structures.as_deref())?;
             write_metrics_csv(&output, &rows).context("writing metrics")?;

@@ -33,7 +33,10 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("network", &self.network).field("device", &self.device).finish()
+        f.debug_struct("Model")
+            .field("network", &self.network)
+            .field("device", &self.device)
+            .finish()
     }
 }
 
@@ -65,7 +68,12 @@ impl Model {
             spec.training.precision,
         );
         let network = UNet3d::new(&vs.root(), config);
-        Ok(Self { experiment: experiment.clone(), vs, network, device })
+        Ok(Self {
+            experiment: experiment.clone(),
+            vs,
+            network,
+            device,
+        })
     }
 
     /// Loads a trained model from a training output folder.
@@ -93,7 +101,11 @@ impl Model {
     pub fn tiling(&self) -> Tiling {
         let pre = &self.experiment.spec.model.preprocessing;
         let tile = pre.tile_size.unwrap_or(pre.crop_size);
-        Tiling { tile: tile.map(i64::from), overlap: pre.tile_overlap, batch: TILE_BATCH }
+        Tiling {
+            tile: tile.map(i64::from),
+            overlap: pre.tile_overlap,
+            batch: TILE_BATCH,
+        }
     }
 
     /// Posteriors `[class, i, j, k]` (float32, CPU) of a normalised image `[channel, i, j, k]`.

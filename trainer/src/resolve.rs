@@ -46,8 +46,10 @@ pub fn resolve(experiment: &Experiment, dataset_path: &Path) -> Experiment {
     for _ in dataset.components() {
         root.pop();
     }
-    resolved.spec.data.source =
-        DataSource { local_path: Some(root.display().to_string()), persistent_volume_claim: None };
+    resolved.spec.data.source = DataSource {
+        local_path: Some(root.display().to_string()),
+        persistent_volume_claim: None,
+    };
     resolved.metadata.managed_fields = None;
     resolved
 }
@@ -58,7 +60,10 @@ pub fn write_or_check(resolved: &Experiment, output: &Path) -> anyhow::Result<()
     let path = output.join(outputs::RESOLVED_CONFIG);
     if path.exists() {
         let previous = voxel_crds::manifest::read_experiment(&path).map_err(|e| {
-            bad_config(format!("output folder {}: cannot read the previous run: {e}", output.display()))
+            bad_config(format!(
+                "output folder {}: cannot read the previous run: {e}",
+                output.display()
+            ))
         })?;
         if previous.spec != resolved.spec {
             return Err(bad_config(format!(

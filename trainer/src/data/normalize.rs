@@ -49,7 +49,11 @@ fn window(mut volume: ArrayViewMut3<f32>, low: f64, high: f64) {
 fn mean_std(volume: ArrayView3<f32>) -> (f64, f64) {
     let n = volume.len().max(1) as f64;
     let mean = volume.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
-    let var = volume.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / n;
+    let var = volume
+        .iter()
+        .map(|&v| (f64::from(v) - mean).powi(2))
+        .sum::<f64>()
+        / n;
     (mean, var.sqrt())
 }
 
@@ -69,12 +73,18 @@ fn percentile(sorted: &[f32], q: f64) -> f64 {
 /// Returns the input unchanged when it is already large enough.
 pub fn pad_to<T: Copy>(volume: Array3<T>, min_shape: [usize; 3], value: T) -> Array3<T> {
     let shape = volume.dim();
-    let target = (shape.0.max(min_shape[0]), shape.1.max(min_shape[1]), shape.2.max(min_shape[2]));
+    let target = (
+        shape.0.max(min_shape[0]),
+        shape.1.max(min_shape[1]),
+        shape.2.max(min_shape[2]),
+    );
     if target == shape {
         return volume;
     }
     let mut padded = Array3::from_elem(target, value);
-    padded.slice_mut(s![..shape.0, ..shape.1, ..shape.2]).assign(&volume);
+    padded
+        .slice_mut(s![..shape.0, ..shape.1, ..shape.2])
+        .assign(&volume);
     padded
 }
 
@@ -114,10 +124,13 @@ mod tests {
     #[test]
     fn ct_window_clips_and_maps_to_minus_one_one() {
         // Window 40 +- 200 HU: -160 -> -1, 40 -> 0, 240 -> 1, outside clipped.
-        let mut v = Array3::from_shape_vec((1, 1, 5), vec![-1000.0, -160.0, 40.0, 240.0, 3000.0])
-            .unwrap();
+        let mut v =
+            Array3::from_shape_vec((1, 1, 5), vec![-1000.0, -160.0, 40.0, 240.0, 3000.0]).unwrap();
         normalize(v.view_mut(), Some(&settings(NormalizationMethod::CtWindow)));
-        assert_eq!(v.iter().copied().collect::<Vec<_>>(), vec![-1.0, -1.0, 0.0, 1.0, 1.0]);
+        assert_eq!(
+            v.iter().copied().collect::<Vec<_>>(),
+            vec![-1.0, -1.0, 0.0, 1.0, 1.0]
+        );
     }
 
     #[test]
@@ -125,8 +138,15 @@ mod tests {
         let mut values: Vec<f32> = (0..1000).map(|i| i as f32 / 999.0).collect();
         values[500] = 1e6;
         let mut v = Array3::from_shape_vec((10, 10, 10), values).unwrap();
-        normalize(v.view_mut(), Some(&settings(NormalizationMethod::RobustWindow)));
-        assert_eq!(v[[5, 0, 0]], 1.0, "the outlier is clipped to the upper bound");
+        normalize(
+            v.view_mut(),
+            Some(&settings(NormalizationMethod::RobustWindow)),
+        );
+        assert_eq!(
+            v[[5, 0, 0]],
+            1.0,
+            "the outlier is clipped to the upper bound"
+        );
         assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)));
     }
 

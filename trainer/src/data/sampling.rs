@@ -27,7 +27,9 @@ pub struct SamplingSubject {
 impl SamplingSubject {
     /// Prepares a subject with ground truth; `class_count` is background plus structures.
     pub fn new(subject: &Subject, patch: [usize; 3], class_count: usize) -> Self {
-        let classes = subject.class_map().expect("training subjects are loaded with their masks");
+        let classes = subject
+            .class_map()
+            .expect("training subjects are loaded with their masks");
         let classes = pad_to(classes, patch, 0);
         let channels: Vec<Array3<f32>> = subject
             .image
@@ -47,7 +49,12 @@ impl SamplingSubject {
                 list.push(flat as u32);
             }
         }
-        Self { id: subject.id.clone(), image, classes, voxels_by_class }
+        Self {
+            id: subject.id.clone(),
+            image,
+            classes,
+            voxels_by_class,
+        }
     }
 
     fn shape(&self) -> [usize; 3] {
@@ -111,9 +118,16 @@ impl PatchSampler {
     /// Draws one patch from every subject for `epoch`, in a shuffled order.
     pub fn draw_epoch(&self, subjects: &[SamplingSubject], seed: u64, epoch: u64) -> Vec<Patch> {
         let mut order: Vec<usize> = (0..subjects.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(stream_seed(seed, epoch, Stream::Order)));
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(stream_seed(
+            seed,
+            epoch,
+            Stream::Order,
+        )));
         let mut rng = ChaCha8Rng::seed_from_u64(stream_seed(seed, epoch, Stream::Patches));
-        order.into_iter().map(|i| self.draw(&subjects[i], &mut rng)).collect()
+        order
+            .into_iter()
+            .map(|i| self.draw(&subjects[i], &mut rng))
+            .collect()
     }
 
     /// Draws one patch from one subject.
@@ -154,11 +168,16 @@ impl PatchSampler {
         let origin: [usize; 3] = std::array::from_fn(|axis| {
             let half = self.patch[axis] / 2;
             // Shift inward: the patch keeps its size and stays inside the (padded) volume.
-            centre[axis].saturating_sub(half).min(shape[axis] - self.patch[axis])
+            centre[axis]
+                .saturating_sub(half)
+                .min(shape[axis] - self.patch[axis])
         });
         let [ri, rj, rk]: [std::ops::Range<usize>; 3] =
             std::array::from_fn(|axis| origin[axis]..origin[axis] + self.patch[axis]);
-        let mut image = subject.image.slice(s![.., ri.clone(), rj.clone(), rk.clone()]).to_owned();
+        let mut image = subject
+            .image
+            .slice(s![.., ri.clone(), rj.clone(), rk.clone()])
+            .to_owned();
         let mut classes = subject.classes.slice(s![ri, rj, rk]).to_owned();
         let centre_class = subject.classes[centre];
         for &axis in &self.flip_axes {

@@ -27,10 +27,14 @@ pub fn split_subjects(subjects: &[String], spec: &SplitSpec) -> anyhow::Result<S
     let mut all: Vec<String> = subjects.to_vec();
     all.sort();
     all.dedup();
-    for (field, list) in
-        [("testSubjects", &spec.test_subjects), ("validationSubjects", &spec.validation_subjects)]
-    {
-        let unknown: Vec<&String> = list.iter().filter(|s| all.binary_search(s).is_err()).collect();
+    for (field, list) in [
+        ("testSubjects", &spec.test_subjects),
+        ("validationSubjects", &spec.validation_subjects),
+    ] {
+        let unknown: Vec<&String> = list
+            .iter()
+            .filter(|s| all.binary_search(s).is_err())
+            .collect();
         if !unknown.is_empty() {
             return Err(bad_config(format!(
                 "spec.data.split.{field}: subjects {unknown:?} are not in the dataset"
@@ -66,7 +70,11 @@ pub fn split_subjects(subjects: &[String], spec: &SplitSpec) -> anyhow::Result<S
     test.sort();
     validation.sort();
     train.sort();
-    Ok(Split { train, validation, test })
+    Ok(Split {
+        train,
+        validation,
+        test,
+    })
 }
 
 #[cfg(test)]
@@ -89,9 +97,14 @@ mod tests {
     #[test]
     fn fractions_partition_all_subjects() {
         let split = split_subjects(&ids(40), &fractions(0.2, 0.1, 1)).unwrap();
-        assert_eq!((split.test.len(), split.validation.len(), split.train.len()), (8, 4, 28));
-        let mut all: Vec<String> =
-            [split.train, split.validation, split.test].into_iter().flatten().collect();
+        assert_eq!(
+            (split.test.len(), split.validation.len(), split.train.len()),
+            (8, 4, 28)
+        );
+        let mut all: Vec<String> = [split.train, split.validation, split.test]
+            .into_iter()
+            .flatten()
+            .collect();
         all.sort();
         assert_eq!(all, ids(40));
     }
@@ -120,8 +133,14 @@ mod tests {
         assert_eq!(split.validation, vec!["s002"]);
         assert_eq!(split.train, vec!["s000", "s003", "s004"]);
 
-        let bad = SplitSpec { test_subjects: vec!["nobody".into()], ..SplitSpec::default() };
+        let bad = SplitSpec {
+            test_subjects: vec!["nobody".into()],
+            ..SplitSpec::default()
+        };
         let err = split_subjects(&ids(5), &bad).unwrap_err().to_string();
-        assert!(err.contains("spec.data.split.testSubjects") && err.contains("nobody"), "{err}");
+        assert!(
+            err.contains("spec.data.split.testSubjects") && err.contains("nobody"),
+            "{err}"
+        );
     }
 }

@@ -37,6 +37,8 @@ pub struct Subject {
     pub spacing_mm: SpacingMm,
     /// Header of the first image channel: the geometry of every prediction for this subject.
     pub header: NiftiHeader,
+    /// Problems that do not stop training (overlapping structures), also logged as warnings.
+    pub warnings: Vec<String>,
 }
 
 impl Subject {
@@ -52,11 +54,13 @@ impl Subject {
         let masks = self.masks.as_ref()?;
         let mut classes = Array3::<u8>::zeros(masks.index_axis(Axis(0), 0).raw_dim());
         for (s, mask) in masks.outer_iter().enumerate() {
-            ndarray::Zip::from(&mut classes).and(&mask).for_each(|c, &m| {
-                if m > 0 {
-                    *c = (s + 1) as u8;
-                }
-            });
+            ndarray::Zip::from(&mut classes)
+                .and(&mask)
+                .for_each(|c, &m| {
+                    if m > 0 {
+                        *c = (s + 1) as u8;
+                    }
+                });
         }
         Some(classes)
     }
@@ -83,8 +87,8 @@ pub fn load_subjects(
     let mut problems = Vec::new();
     for id in ids {
         match load_subject(dataset, id, request) {
-            Ok((subject, warnings)) => {
-                for warning in warnings {
+            Ok(subject) => {
+                for warning in &subject.warnings {
                     warn!(subject = %id, "{warning}");
                 }
                 subjects.push(subject);
@@ -110,9 +114,12 @@ fn load_subject(
     dataset: &Dataset,
     id: &str,
     request: LoadRequest<'_>,
-) -> Result<(Subject, Vec<String>), Problems> {
+) -> Result<Subject, Problems> {
     let Some(files) = dataset.subjects.get(id) else {
-        return Err(vec![format!("subject {id}: not listed in {}", dataset.csv_path.display())]);
+        return Err(vec![format!(
+            "subject {id}: not listed in {}",
+            dataset.csv_path.display()
+        )]);
     };
     let mut problems = Vec::new();
     let wanted = request.image_channels.iter().chain(request.structures);
@@ -130,7 +137,10 @@ fn load_subject(
 
     // The first image channel defines the subject's grid.
     let mut reference: Option<(String, [usize; 3], SpacingMm, NiftiHeader)> = None;
-    let mut check_grid = |file: &Path, data: &Array3<f32>, spacing: SpacingMm, header: &NiftiHeader| {
+    let mut check_grid = |file: &Path,
+                          data: &Array3<f32>,
+                          spacing: SpacingMm,
+                          header: &NiftiHeader| {
         let shape = {
             let (i, j, k) = data.dim();
             [i, j, k]
@@ -204,8 +214,12 @@ fn load_subject(
         };
         let not_finite = volume.data.iter().filter(|v| !v.is_finite()).count();
         let not_binary: Vec<f32> = {
-            let mut odd: Vec<f32> =
-                volume.data.iter().copied().filter(|&v| v.is_finite() && v != 0.0 && v != 1.0).collect();
+            let mut odd: Vec<f32> = volume
+                .data
+                .iter()
+                .copied()
+                .filter(|&v| v.is_finite() && v != 0.0 && v != 1.0)
+                .collect();
             odd.sort_by(f32::total_cmp);
             odd.dedup();
             odd
@@ -225,7 +239,11 @@ fn load_subject(
                  0 and 1: {shown:?}{}); a multi-label file must be split into one mask per \
                  structure",
                 file.display(),
-                if not_binary.len() > shown.len() { ", ..." } else { "" }
+                if not_binary.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
             ));
             continue;
         }
@@ -258,7 +276,14 @@ fn load_subject(
         Some(stacked)
     };
     debug_assert_eq!(image.shape()[1..], shape[..]);
-    Ok((Subject { id: id.to_string(), image, masks, spacing_mm, header }, warnings))
+    Ok(Subject {
+        id: id.to_string(),
+        image,
+        masks,
+        spacing_mm,
+        header,
+        warnings,
+    })
 }
 
 /// One message per pair of structures that share voxels.

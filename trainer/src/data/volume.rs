@@ -11,7 +11,9 @@ use std::{
 };
 
 use ndarray::{Array3, ArrayView3, Ix3};
-use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions, writer::WriterOptions};
+use nifti::{
+    IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions, writer::WriterOptions,
+};
 
 /// Voxel spacing in millimetres along i, j, k.
 pub type SpacingMm = [f64; 3];
@@ -32,7 +34,11 @@ pub enum VolumeError {
     Decode { path: PathBuf, detail: String },
     /// The image is not three-dimensional.
     #[error("file {path} has {found} dimensions {dims:?}; a 3D volume is expected")]
-    NotThreeD { path: PathBuf, found: usize, dims: Vec<u16> },
+    NotThreeD {
+        path: PathBuf,
+        found: usize,
+        dims: Vec<u16>,
+    },
     /// Writing failed.
     #[error("cannot write {path}: {detail}")]
     Write { path: PathBuf, detail: String },
@@ -62,14 +68,20 @@ pub fn read_volume(path: &Path) -> Result<Volume, VolumeError> {
         return Err(VolumeError::LfsPointer(path.to_owned()));
     }
 
-    let decode = |detail: String| VolumeError::Decode { path: path.to_owned(), detail };
+    let decode = |detail: String| VolumeError::Decode {
+        path: path.to_owned(),
+        detail,
+    };
     // The nifti crate asserts on inconsistent sizes in a few places; a panic there is a corrupt
     // file, so it is turned into an error that names the file.
     let object = std::panic::catch_unwind(|| ReaderOptions::new().read_file(path))
         .map_err(|_| decode("inconsistent header and data size".into()))?
         .map_err(|e| decode(describe_nifti_error(&e)))?;
     let header = object.header().clone();
-    let array = object.into_volume().into_ndarray::<f32>().map_err(|e| decode(e.to_string()))?;
+    let array = object
+        .into_volume()
+        .into_ndarray::<f32>()
+        .map_err(|e| decode(e.to_string()))?;
 
     let dims: Vec<u16> = header.dim().map(|d| d.to_vec()).unwrap_or_default();
     let shape = array.shape().to_vec();
@@ -77,7 +89,11 @@ pub fn read_volume(path: &Path) -> Result<Volume, VolumeError> {
         [_, _, _] => array,
         [_, _, _, 1] => array.index_axis_move(ndarray::Axis(3), 0),
         _ => {
-            return Err(VolumeError::NotThreeD { path: path.to_owned(), found: shape.len(), dims });
+            return Err(VolumeError::NotThreeD {
+                path: path.to_owned(),
+                found: shape.len(),
+                dims,
+            });
         }
     };
     let data = squeezed
@@ -90,7 +106,11 @@ pub fn read_volume(path: &Path) -> Result<Volume, VolumeError> {
         f64::from(header.pixdim[2]),
         f64::from(header.pixdim[3]),
     ];
-    Ok(Volume { data, spacing_mm, header })
+    Ok(Volume {
+        data,
+        spacing_mm,
+        header,
+    })
 }
 
 fn describe_nifti_error(error: &nifti::NiftiError) -> String {
@@ -127,7 +147,10 @@ fn write_with_type<A: nifti::DataElement + bytemuck::Pod>(
     reference: &NiftiHeader,
     datatype: NiftiType,
 ) -> Result<(), VolumeError> {
-    let fail = |detail: String| VolumeError::Write { path: path.to_owned(), detail };
+    let fail = |detail: String| VolumeError::Write {
+        path: path.to_owned(),
+        detail,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| fail(e.to_string()))?;
     }
@@ -147,7 +170,9 @@ fn write_with_type<A: nifti::DataElement + bytemuck::Pod>(
 }
 
 fn partial_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".partial.{name}"))
 }
-

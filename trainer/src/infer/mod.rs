@@ -34,10 +34,16 @@ pub struct Prediction {
 /// The most probable class of every voxel of posteriors `[class, i, j, k]`.
 pub fn argmax_classes(posteriors: &Tensor) -> Array3<u8> {
     let size = posteriors.size();
-    let classes = posteriors.argmax(0, false).to_kind(tch::Kind::Uint8).contiguous();
+    let classes = posteriors
+        .argmax(0, false)
+        .to_kind(tch::Kind::Uint8)
+        .contiguous();
     let values = Vec::<u8>::try_from(classes.flatten(0, -1)).expect("a uint8 tensor converts");
-    Array3::from_shape_vec((size[1] as usize, size[2] as usize, size[3] as usize), values)
-        .expect("argmax keeps the spatial shape")
+    Array3::from_shape_vec(
+        (size[1] as usize, size[2] as usize, size[3] as usize),
+        values,
+    )
+    .expect("argmax keeps the spatial shape")
 }
 
 /// Predicts one subject: sliding-window posteriors, argmax, optional largest component.
@@ -49,7 +55,9 @@ pub fn predict(model: &Model, subject: &Subject) -> Prediction {
     let mut masks = Array4::<u8>::zeros((structures, i, j, k));
     for (s, mut mask) in masks.outer_iter_mut().enumerate() {
         let label = (s + 1) as u8;
-        ndarray::Zip::from(&mut mask).and(&classes).for_each(|m, &c| *m = u8::from(c == label));
+        ndarray::Zip::from(&mut mask)
+            .and(&classes)
+            .for_each(|m, &c| *m = u8::from(c == label));
         if model.experiment.spec.model.postprocessing.largest_component {
             postprocess::keep_largest_component(mask.view_mut());
         }
@@ -57,13 +65,19 @@ pub fn predict(model: &Model, subject: &Subject) -> Prediction {
     // Voxels removed by post-processing become background in the class map too.
     for (s, mask) in masks.outer_iter().enumerate() {
         let label = (s + 1) as u8;
-        ndarray::Zip::from(&mut classes).and(&mask).for_each(|c, &m| {
-            if *c == label && m == 0 {
-                *c = 0;
-            }
-        });
+        ndarray::Zip::from(&mut classes)
+            .and(&mask)
+            .for_each(|c, &m| {
+                if *c == label && m == 0 {
+                    *c = 0;
+                }
+            });
     }
-    Prediction { posteriors, classes, masks }
+    Prediction {
+        posteriors,
+        classes,
+        masks,
+    }
 }
 
 /// Writes `<folder>/<subject>/<structure>.nii.gz` and `segmentation.nii.gz` with the subject's
@@ -78,9 +92,17 @@ pub fn write_prediction(
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (s, structure) in structures.iter().enumerate() {
         let path = dir.join(format!("{structure}{}", outputs::MASK_EXTENSION));
-        write_mask(&path, prediction.masks.index_axis(Axis(0), s), &subject.header)?;
+        write_mask(
+            &path,
+            prediction.masks.index_axis(Axis(0), s),
+            &subject.header,
+        )?;
     }
-    write_mask(&dir.join(outputs::SEGMENTATION), prediction.classes.view(), &subject.header)?;
+    write_mask(
+        &dir.join(outputs::SEGMENTATION),
+        prediction.classes.view(),
+        &subject.header,
+    )?;
     Ok(())
 }
 

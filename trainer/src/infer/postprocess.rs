@@ -25,7 +25,13 @@ pub fn keep_largest_component(mut mask: ArrayViewMut3<u8>) -> usize {
                 for dj in -1i64..=1 {
                     for dk in -1i64..=1 {
                         let (a, b, c) = (i as i64 + di, j as i64 + dj, k as i64 + dk);
-                        if a < 0 || b < 0 || c < 0 || a >= ni as i64 || b >= nj as i64 || c >= nk as i64 {
+                        if a < 0
+                            || b < 0
+                            || c < 0
+                            || a >= ni as i64
+                            || b >= nj as i64
+                            || c >= nk as i64
+                        {
                             continue;
                         }
                         let next = (a as usize, b as usize, c as usize);
@@ -39,7 +45,8 @@ pub fn keep_largest_component(mut mask: ArrayViewMut3<u8>) -> usize {
         }
         sizes.push(size);
     }
-    let Some(largest) = (1..sizes.len()).max_by_key(|&id| (sizes[id], std::cmp::Reverse(id))) else {
+    let Some(largest) = (1..sizes.len()).max_by_key(|&id| (sizes[id], std::cmp::Reverse(id)))
+    else {
         return 0;
     };
     let mut removed = 0;

@@ -25,7 +25,10 @@ pub fn tile_starts(size: i64, tile: i64, overlap: f64) -> Vec<i64> {
         return vec![0];
     }
     let stride = ((tile as f64 * (1.0 - overlap)).floor() as i64).max(1);
-    let mut starts: Vec<i64> = (0..).map(|n| n * stride).take_while(|&s| s + tile < size).collect();
+    let mut starts: Vec<i64> = (0..)
+        .map(|n| n * stride)
+        .take_while(|&s| s + tile < size)
+        .collect();
     starts.push(size - tile);
     starts
 }
@@ -54,7 +57,9 @@ pub fn sliding_window(
             (volume.kind(), volume.device()),
         );
         for c in 0..channels {
-            let _ = padded.get(c).fill_(pad_value.get(c as usize).copied().unwrap_or(0.0));
+            let _ = padded
+                .get(c)
+                .fill_(pad_value.get(c as usize).copied().unwrap_or(0.0));
         }
         narrow3(&padded, original).copy_(volume);
         padded
@@ -78,13 +83,21 @@ pub fn sliding_window(
     let mut sum: Option<Tensor> = None;
     let count = Tensor::zeros(padded_shape, (Kind::Double, device));
     for chunk in starts.chunks(tiling.batch.max(1)) {
-        let tiles: Vec<Tensor> = chunk.iter().map(|&start| crop(&input, start, tiling.tile)).collect();
+        let tiles: Vec<Tensor> = chunk
+            .iter()
+            .map(|&start| crop(&input, start, tiling.tile))
+            .collect();
         let batch = Tensor::stack(&tiles, 0).to_device(device);
         let output = tch::no_grad(|| network(&batch)).to_kind(Kind::Double);
         let out_channels = output.size()[1];
         let sum = sum.get_or_insert_with(|| {
             Tensor::zeros(
-                [out_channels, padded_shape[0], padded_shape[1], padded_shape[2]],
+                [
+                    out_channels,
+                    padded_shape[0],
+                    padded_shape[1],
+                    padded_shape[2],
+                ],
                 (Kind::Double, device),
             )
         });
@@ -97,12 +110,18 @@ pub fn sliding_window(
     }
     let sum = sum.expect("a volume has at least one tile");
     let average = sum / count.unsqueeze(0);
-    narrow3(&average, original).to_kind(Kind::Float).to_device(Device::Cpu).contiguous()
+    narrow3(&average, original)
+        .to_kind(Kind::Float)
+        .to_device(Device::Cpu)
+        .contiguous()
 }
 
 /// The view `[.., start..start+size]` along the last three axes.
 fn crop(tensor: &Tensor, start: [i64; 3], size: [i64; 3]) -> Tensor {
-    tensor.narrow(1, start[0], size[0]).narrow(2, start[1], size[1]).narrow(3, start[2], size[2])
+    tensor
+        .narrow(1, start[0], size[0])
+        .narrow(2, start[1], size[1])
+        .narrow(3, start[2], size[2])
 }
 
 fn narrow3(tensor: &Tensor, size: [i64; 3]) -> Tensor {
@@ -125,17 +144,30 @@ mod tests {
     fn identity_network_reassembles_an_odd_shaped_volume_exactly() {
         let volume = Tensor::randn([2, 13, 17, 9], (Kind::Float, Device::Cpu)) * 1000.0;
         for overlap in [0.0, 0.25, 0.5, 0.8] {
-            let tiling = Tiling { tile: [8, 8, 4], overlap, batch: 3 };
-            let out = sliding_window(&volume, tiling, &[0.0, 0.0], Device::Cpu, &|x| x.shallow_clone());
+            let tiling = Tiling {
+                tile: [8, 8, 4],
+                overlap,
+                batch: 3,
+            };
+            let out = sliding_window(&volume, tiling, &[0.0, 0.0], Device::Cpu, &|x| {
+                x.shallow_clone()
+            });
             assert_eq!(out.size(), volume.size());
-            assert!(out.equal(&volume), "overlap {overlap}: reassembly is not exact");
+            assert!(
+                out.equal(&volume),
+                "overlap {overlap}: reassembly is not exact"
+            );
         }
     }
 
     #[test]
     fn volume_smaller_than_a_tile_is_padded_and_cropped_back() {
         let volume = Tensor::randn([1, 3, 5, 2], (Kind::Float, Device::Cpu));
-        let tiling = Tiling { tile: [8, 8, 8], overlap: 0.5, batch: 1 };
+        let tiling = Tiling {
+            tile: [8, 8, 8],
+            overlap: 0.5,
+            batch: 1,
+        };
         let seen = std::cell::RefCell::new(Vec::new());
         let out = sliding_window(&volume, tiling, &[-7.0], Device::Cpu, &|x| {
             seen.borrow_mut().push(x.size());

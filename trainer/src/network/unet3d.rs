@@ -85,7 +85,9 @@ pub struct UNet3d {
 
 impl std::fmt::Debug for UNet3d {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UNet3d").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("UNet3d")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -100,7 +102,12 @@ fn conv_unit(path: nn::Path, input: i64, output: i64, config: &UNet3dConfig) -> 
     let norm = match config.normalization {
         Normalization::GroupNorm => {
             let groups = gcd(config.norm_groups.min(output), output);
-            Norm::Group(nn::group_norm(&path / "norm", groups, output, Default::default()))
+            Norm::Group(nn::group_norm(
+                &path / "norm",
+                groups,
+                output,
+                Default::default(),
+            ))
         }
         Normalization::BatchNorm => {
             Norm::Batch(nn::batch_norm3d(&path / "norm", output, Default::default()))
@@ -124,8 +131,9 @@ fn block(path: nn::Path, input: i64, output: i64, config: &UNet3dConfig) -> Bloc
 impl UNet3d {
     /// Creates the network's parameters under `path`.
     pub fn new(path: &nn::Path, config: UNet3dConfig) -> Self {
-        let channels: Vec<i64> =
-            (0..config.levels).map(|level| config.base_channels << level).collect();
+        let channels: Vec<i64> = (0..config.levels)
+            .map(|level| config.base_channels << level)
+            .collect();
         let mut encoder = Vec::new();
         let mut input = config.in_channels;
         for (level, &width) in channels.iter().enumerate() {
@@ -135,15 +143,35 @@ impl UNet3d {
         let mut decoder = Vec::new();
         for level in (0..config.levels.saturating_sub(1)).rev() {
             let (below, width) = (channels[level + 1], channels[level]);
-            let up_config = nn::ConvTransposeConfig { stride: 2, ..Default::default() };
+            let up_config = nn::ConvTransposeConfig {
+                stride: 2,
+                ..Default::default()
+            };
             let level_path = path / format!("up{level}");
             decoder.push(Up {
-                transpose: nn::conv_transpose3d(&level_path / "transpose", below, width, 2, up_config),
+                transpose: nn::conv_transpose3d(
+                    &level_path / "transpose",
+                    below,
+                    width,
+                    2,
+                    up_config,
+                ),
                 block: block(&level_path / "block", 2 * width, width, &config),
             });
         }
-        let head = nn::conv3d(path / "head", channels[0], config.classes, 1, Default::default());
-        Self { config, encoder, decoder, head }
+        let head = nn::conv3d(
+            path / "head",
+            channels[0],
+            config.classes,
+            1,
+            Default::default(),
+        );
+        Self {
+            config,
+            encoder,
+            decoder,
+            head,
+        }
     }
 
     /// The configuration the network was built with.
@@ -184,7 +212,11 @@ impl UNet3d {
         };
         let slope = self.config.leaky_relu_slope;
         // LibTorch's fused kernel uses the customary slope of 0.01.
-        if slope == 0.01 { y.leaky_relu() } else { y.maximum(&(&y * slope)) }
+        if slope == 0.01 {
+            y.leaky_relu()
+        } else {
+            y.maximum(&(&y * slope))
+        }
     }
 
     fn compute_kind(&self) -> Kind {
@@ -254,7 +286,13 @@ mod tests {
     #[test]
     fn bfloat16_convolutions_still_return_float32_logits() {
         let vs = nn::VarStore::new(Device::Cpu);
-        let net = UNet3d::new(&vs.root(), UNet3dConfig { precision: Precision::BFloat16, ..config(2) });
+        let net = UNet3d::new(
+            &vs.root(),
+            UNet3dConfig {
+                precision: Precision::BFloat16,
+                ..config(2)
+            },
+        );
         let x = Tensor::randn([1, 2, 8, 8, 8], (Kind::Float, Device::Cpu));
         assert_eq!(net.forward_t(&x, true).kind(), Kind::Float);
     }

@@ -52,7 +52,8 @@ pub fn save(
         std::fs::remove_dir_all(&partial)?;
     }
     std::fs::create_dir_all(&partial)?;
-    vs.save(partial.join(WEIGHTS)).context("saving checkpoint weights")?;
+    vs.save(partial.join(WEIGHTS))
+        .context("saving checkpoint weights")?;
     let optimizer_state = optimizer.state_tensors();
     Tensor::write_safetensors(&optimizer_state, partial.join(OPTIMIZER))
         .context("saving optimizer state")?;

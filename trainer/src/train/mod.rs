@@ -88,7 +88,8 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<Outcome> {
     let experiment = voxel_crds::manifest::read_experiment(&options.config)
         .map_err(|e| bad_config(e.to_string()))?;
     crate::model::check_supported(&experiment)?;
-    let dataset_path = resolved_dataset_path(&experiment, &options.config, options.data_root.as_deref())?;
+    let dataset_path =
+        resolved_dataset_path(&experiment, &options.config, options.data_root.as_deref())?;
     let resolved = crate::resolve::resolve(&experiment, &dataset_path);
     std::fs::create_dir_all(&options.output)
         .with_context(|| format!("cannot create output folder {}", options.output.display()))?;
@@ -97,7 +98,10 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<Outcome> {
     let spec = &resolved.spec;
     let dataset = read_dataset(&dataset_path)?;
     let split = split_subjects(&dataset.subject_ids(), &spec.data.split)?;
-    std::fs::write(options.output.join(outputs::SPLIT), serde_json::to_string_pretty(&split)?)?;
+    std::fs::write(
+        options.output.join(outputs::SPLIT),
+        serde_json::to_string_pretty(&split)?,
+    )?;
     info!(
         train = split.train.len(),
         validation = split.validation.len(),
@@ -111,18 +115,25 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<Outcome> {
         structures: &spec.model.structures,
         normalization: &spec.model.preprocessing.normalization,
     };
-    let all_ids: Vec<String> =
-        [&split.train, &split.validation, &split.test].into_iter().flatten().cloned().collect();
+    let all_ids: Vec<String> = [&split.train, &split.validation, &split.test]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
     let subjects = load_subjects(&dataset, &all_ids, request)?;
     let by_id = |ids: &[String]| -> Vec<&Subject> {
-        ids.iter().filter_map(|id| subjects.iter().find(|s| &s.id == id)).collect()
+        ids.iter()
+            .filter_map(|id| subjects.iter().find(|s| &s.id == id))
+            .collect()
     };
     info!(subjects = subjects.len(), dataset = %dataset_path.display(), "dataset validated");
 
     let classes = spec.model.structures.len() + 1;
     let crop = spec.model.preprocessing.crop_size.map(|s| s as usize);
-    let sampling: Vec<SamplingSubject> =
-        by_id(&split.train).into_iter().map(|s| SamplingSubject::new(s, crop, classes)).collect();
+    let sampling: Vec<SamplingSubject> = by_id(&split.train)
+        .into_iter()
+        .map(|s| SamplingSubject::new(s, crop, classes))
+        .collect();
     let sampler = PatchSampler {
         patch: crop,
         class_weights: spec
@@ -131,7 +142,13 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<Outcome> {
             .class_weights
             .clone()
             .unwrap_or_else(|| vec![1.0; classes]),
-        flip_axes: spec.model.augmentation.flip_axes.iter().map(|&a| usize::from(a)).collect(),
+        flip_axes: spec
+            .model
+            .augmentation
+            .flip_axes
+            .iter()
+            .map(|&a| usize::from(a))
+            .collect(),
         flip_probability: spec.model.augmentation.flip_probability,
     };
 
@@ -145,7 +162,12 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<Outcome> {
             info!(epoch = state.epoch, "resuming from checkpoint");
             state
         }
-        None => RunState { epoch: 0, step: 0, seed, records: Vec::new() },
+        None => RunState {
+            epoch: 0,
+            step: 0,
+            seed,
+            records: Vec::new(),
+        },
     };
 
     let epochs = spec.training.epochs;
@@ -179,10 +201,16 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<Outcome> {
                 .map(|p| tensor_u8(&p.classes.view().insert_axis(Axis(0)).to_owned()))
                 .collect();
             let images = Tensor::stack(&images, 0).to_device(options.device);
-            let targets = Tensor::cat(&targets, 0).to_kind(Kind::Int64).to_device(options.device);
+            let targets = Tensor::cat(&targets, 0)
+                .to_kind(Kind::Int64)
+                .to_device(options.device);
             optimizer.zero_grad();
             let logits = model.network.forward_t(&images, true);
-            let loss = segmentation_loss(&logits.log_softmax(1, Kind::Float), &targets, &spec.model.loss);
+            let loss = segmentation_loss(
+                &logits.log_softmax(1, Kind::Float),
+                &targets,
+                &spec.model.loss,
+            );
             loss.backward();
             optimizer.step(lr);
             state.step += 1;
@@ -208,7 +236,12 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<Outcome> {
         );
         progress.set_message(format!(
             "loss {train_loss:.3} val dice {}",
-            record.validation_dice.iter().map(|d| format!("{d:.3}")).collect::<Vec<_>>().join("/")
+            record
+                .validation_dice
+                .iter()
+                .map(|d| format!("{d:.3}"))
+                .collect::<Vec<_>>()
+                .join("/")
         ));
         progress.inc(1);
         state.records.push(record);
@@ -231,7 +264,11 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<Outcome> {
         .context("saving the trained weights")?;
 
     let test = by_id(&split.test);
-    let rows = predict_and_score(&model, &test, &options.output.join(outputs::TEST_PREDICTIONS))?;
+    let rows = predict_and_score(
+        &model,
+        &test,
+        &options.output.join(outputs::TEST_PREDICTIONS),
+    )?;
     write_metrics_csv(&options.output.join(outputs::TEST_METRICS), &rows)?;
     let summary = Summary::of(&rows);
     summary.write(&options.output.join(outputs::SUMMARY))?;
@@ -249,11 +286,20 @@ pub fn predict_and_score(
     for subject in subjects {
         let prediction = predict(model, subject);
         write_prediction(folder, subject, structures, &prediction)?;
-        let truth = subject.masks.as_ref().expect("test subjects are loaded with masks");
+        let truth = subject
+            .masks
+            .as_ref()
+            .expect("test subjects are loaded with masks");
         for (s, structure) in structures.iter().enumerate() {
             let p = prediction.masks.index_axis(Axis(0), s).mapv(|v| v > 0);
             let t = truth.index_axis(Axis(0), s).mapv(|v| v > 0);
-            rows.push(crate::evaluate::score(&subject.id, structure, p.view(), t.view(), subject.spacing_mm)?);
+            rows.push(crate::evaluate::score(
+                &subject.id,
+                structure,
+                p.view(),
+                t.view(),
+                subject.spacing_mm,
+            )?);
         }
     }
     Ok(rows)
@@ -269,10 +315,15 @@ fn validate(model: &Model, subjects: &[&Subject]) -> (f64, Vec<f64>) {
     let mut dices = vec![Vec::new(); structures];
     for subject in subjects {
         let posteriors = model.posteriors(&tensor_f32(&subject.image));
-        let classes = subject.class_map().expect("validation subjects are loaded with masks");
+        let classes = subject
+            .class_map()
+            .expect("validation subjects are loaded with masks");
         let target = tensor_u8(&classes).to_kind(Kind::Int64).unsqueeze(0);
         let log_posteriors = posteriors.clamp_min(1e-8).log().unsqueeze(0);
-        losses.push(segmentation_loss(&log_posteriors, &target, &model.experiment.spec.model.loss).double_value(&[]));
+        losses.push(
+            segmentation_loss(&log_posteriors, &target, &model.experiment.spec.model.loss)
+                .double_value(&[]),
+        );
         let predicted = crate::infer::argmax_classes(&posteriors);
         for (s, list) in dices.iter_mut().enumerate() {
             let label = (s + 1) as u8;
@@ -283,17 +334,26 @@ fn validate(model: &Model, subjects: &[&Subject]) -> (f64, Vec<f64>) {
     }
     let mean = |v: &[f64]| {
         let finite: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
-        if finite.is_empty() { f64::NAN } else { finite.iter().sum::<f64>() / finite.len() as f64 }
+        if finite.is_empty() {
+            f64::NAN
+        } else {
+            finite.iter().sum::<f64>() / finite.len() as f64
+        }
     };
     (mean(&losses), dices.iter().map(|d| mean(d)).collect())
 }
 
-fn write_epoch_metrics(output: &Path, structures: &[String], records: &[EpochRecord]) -> anyhow::Result<()> {
+fn write_epoch_metrics(
+    output: &Path,
+    structures: &[String],
+    records: &[EpochRecord],
+) -> anyhow::Result<()> {
     let path = output.join(outputs::EPOCH_METRICS);
     let partial = path.with_extension("csv.partial");
     let mut writer = csv::Writer::from_path(&partial)?;
-    let mut header: Vec<String> =
-        ["epoch", "learning_rate", "train_loss", "validation_loss"].map(String::from).to_vec();
+    let mut header: Vec<String> = ["epoch", "learning_rate", "train_loss", "validation_loss"]
+        .map(String::from)
+        .to_vec();
     header.extend(structures.iter().map(|s| format!("validation_dice_{s}")));
     header.push("seconds".into());
     writer.write_record(&header)?;
@@ -304,7 +364,11 @@ fn write_epoch_metrics(output: &Path, structures: &[String], records: &[EpochRec
             crate::evaluate::format_value(r.train_loss),
             crate::evaluate::format_value(r.validation_loss),
         ];
-        row.extend(r.validation_dice.iter().map(|d| crate::evaluate::format_value(*d)));
+        row.extend(
+            r.validation_dice
+                .iter()
+                .map(|d| crate::evaluate::format_value(*d)),
+        );
         row.push(format!("{:.3}", r.seconds));
         writer.write_record(&row)?;
     }
@@ -331,7 +395,9 @@ pub fn tensor_u8<D: ndarray::Dimension>(array: &ndarray::Array<u8, D>) -> Tensor
 /// The split a training output folder recorded.
 pub fn read_split(output: &Path) -> anyhow::Result<Split> {
     let path = output.join(outputs::SPLIT);
-    Ok(serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?)?)
+    Ok(serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?)
 }
 
 /// Keeps the Experiment type in the public signature documented.

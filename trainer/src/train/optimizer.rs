@@ -21,7 +21,10 @@ pub struct Optimizer {
 
 impl std::fmt::Debug for Optimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Optimizer").field("spec", &self.spec).field("steps", &self.steps).finish()
+        f.debug_struct("Optimizer")
+            .field("spec", &self.spec)
+            .field("steps", &self.steps)
+            .finish()
     }
 }
 
@@ -37,7 +40,12 @@ impl Optimizer {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         params.sort_by(|a, b| a.0.cmp(&b.0));
-        Self { spec: spec.clone(), params, state: BTreeMap::new(), steps: 0 }
+        Self {
+            spec: spec.clone(),
+            params,
+            state: BTreeMap::new(),
+            steps: 0,
+        }
     }
 
     /// Clears the gradients of all variables.
@@ -87,7 +95,11 @@ impl Optimizer {
                                 let _ = buffer.g_mul_scalar_(spec.momentum);
                                 let _ = buffer.g_add_(&grad);
                             }
-                            if spec.nesterov { &grad + &*buffer * spec.momentum } else { buffer.shallow_clone() }
+                            if spec.nesterov {
+                                &grad + &*buffer * spec.momentum
+                            } else {
+                                buffer.shallow_clone()
+                            }
                         } else {
                             grad
                         };
@@ -105,8 +117,11 @@ impl Optimizer {
 
     /// The state as named tensors, for a checkpoint.
     pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut named: Vec<(String, Tensor)> =
-            self.state.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect();
+        let mut named: Vec<(String, Tensor)> = self
+            .state
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shallow_clone()))
+            .collect();
         named.push((STEPS_KEY.to_string(), Tensor::from(self.steps)));
         named
     }
@@ -136,5 +151,7 @@ fn state_entry<'a>(
     slot: &str,
     param: &Tensor,
 ) -> &'a mut Tensor {
-    state.entry(format!("{param_name}.{slot}")).or_insert_with(|| param.zeros_like())
+    state
+        .entry(format!("{param_name}.{slot}"))
+        .or_insert_with(|| param.zeros_like())
 }

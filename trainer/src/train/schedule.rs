@@ -42,11 +42,19 @@ mod tests {
     use super::*;
 
     fn at(step: u64) -> Progress {
-        Progress { step, steps_per_epoch: 10, total_steps: 100 }
+        Progress {
+            step,
+            steps_per_epoch: 10,
+            total_steps: 100,
+        }
     }
 
     fn spec(kind: ScheduleKind, warmup_epochs: u32) -> ScheduleSpec {
-        ScheduleSpec { kind, warmup_epochs, ..ScheduleSpec::default() }
+        ScheduleSpec {
+            kind,
+            warmup_epochs,
+            ..ScheduleSpec::default()
+        }
     }
 
     #[test]
@@ -54,21 +62,34 @@ mod tests {
         let s = spec(ScheduleKind::Cosine, 2);
         assert!((learning_rate(&s, 1.0, at(0)) - 0.05).abs() < 1e-12);
         assert!((learning_rate(&s, 1.0, at(19)) - 1.0).abs() < 1e-12);
-        assert!((learning_rate(&s, 1.0, at(20)) - 1.0).abs() < 1e-12, "cosine starts at peak");
+        assert!(
+            (learning_rate(&s, 1.0, at(20)) - 1.0).abs() < 1e-12,
+            "cosine starts at peak"
+        );
     }
 
     #[test]
     fn cosine_reaches_half_at_mid_run_and_the_floor_at_the_end() {
-        let s = ScheduleSpec { min_learning_rate: 0.1, ..spec(ScheduleKind::Cosine, 0) };
+        let s = ScheduleSpec {
+            min_learning_rate: 0.1,
+            ..spec(ScheduleKind::Cosine, 0)
+        };
         assert!((learning_rate(&s, 1.0, at(50)) - 0.55).abs() < 1e-12);
         assert!((learning_rate(&s, 1.0, at(100)) - 0.1).abs() < 1e-12);
     }
 
     #[test]
     fn polynomial_and_step_follow_their_formulas() {
-        let p = ScheduleSpec { power: 2.0, ..spec(ScheduleKind::Polynomial, 0) };
+        let p = ScheduleSpec {
+            power: 2.0,
+            ..spec(ScheduleKind::Polynomial, 0)
+        };
         assert!((learning_rate(&p, 1.0, at(50)) - 0.25).abs() < 1e-12);
-        let s = ScheduleSpec { step_epochs: 3, gamma: 0.5, ..spec(ScheduleKind::Step, 0) };
+        let s = ScheduleSpec {
+            step_epochs: 3,
+            gamma: 0.5,
+            ..spec(ScheduleKind::Step, 0)
+        };
         assert_eq!(learning_rate(&s, 1.0, at(29)), 1.0);
         assert_eq!(learning_rate(&s, 1.0, at(30)), 0.5);
         assert_eq!(learning_rate(&s, 1.0, at(60)), 0.25);
