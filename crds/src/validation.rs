@@ -271,7 +271,12 @@ impl ExperimentSpec {
         c.check(
             s.warmup_epochs <= t.epochs,
             "spec.training.schedule.warmupEpochs",
-            || format!("must not exceed the {} epochs, found {}", t.epochs, s.warmup_epochs),
+            || {
+                format!(
+                    "must not exceed the {} epochs, found {}",
+                    t.epochs, s.warmup_epochs
+                )
+            },
         );
         c.check(
             s.min_learning_rate >= 0.0 && s.min_learning_rate <= opt.learning_rate,
@@ -350,5 +355,152 @@ impl ExperimentSpec {
             "spec.data.split.validationSubjects",
             || format!("{both:?} also listed in testSubjects"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::manifest::parse_experiment;
+
+    const VALID: &str = r#"
+apiVersion: voxel.dev/v1alpha1
+kind: Experiment
+metadata: {name: t}
+spec:
+  model:
+    task: Segmentation
+    architecture: UNet3D
+    imageChannels: [mr]
+    structures: [anterior, posterior]
+    network: {baseChannels: 8, levels: 3}
+    preprocessing:
+      cropSize: [32, 40, 32]
+  training: {epochs: 10, seed: 1}
+  data:
+    source: {localPath: data}
+    dataset: dataset.csv
+    split: {testFraction: 0.2, validationFraction: 0.1}
+"#;
+
+    /// The error text for the manifest with `from` replaced by `to`.
+    fn rejected(from: &str, to: &str) -> String {
+        assert!(VALID.contains(from), "fixture lacks {from:?}");
+        let text = VALID.replacen(from, to, 1);
+        match parse_experiment(&text, Path::new("m.yaml")) {
+            Ok(_) => panic!("accepted with {to:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_fixture_is_valid_and_defaults_are_filled() {
+        let experiment = parse_experiment(VALID, Path::new("m.yaml")).unwrap();
+        let spec = &experiment.spec;
+        assert_eq!(spec.training.batch_size, 2);
+        assert_eq!(spec.model.preprocessing.tile_overlap, 0.5);
+        assert_eq!(spec.training.optimizer.learning_rate, 1e-3);
+    }
+
+    #[test]
+    fn each_rule_names_its_field_and_the_value() {
+        let cases = [
+            (
+                "imageChannels: [mr]",
+                "imageChannels: []",
+                "spec.model.imageChannels",
+                "at least one",
+            ),
+            (
+                "structures: [anterior, posterior]",
+                "structures: [a, a]",
+                "spec.model.structures",
+                "\"a\"",
+            ),
+            (
+                "structures: [anterior, posterior]",
+                "structures: [mr]",
+                "spec.model.structures",
+                "both",
+            ),
+            (
+                "levels: 3",
+                "levels: 9",
+                "spec.model.network.levels",
+                "found 9",
+            ),
+            (
+                "cropSize: [32, 40, 32]",
+                "cropSize: [32, 42, 32]",
+                "spec.model.preprocessing.cropSize",
+                "multiple of 4",
+            ),
+            (
+                "epochs: 10",
+                "epochs: 0",
+                "spec.training.epochs",
+                "at least 1",
+            ),
+            (
+                "testFraction: 0.2",
+                "testFraction: 1.5",
+                "spec.data.split.testFraction",
+                "found 1.5",
+            ),
+            (
+                "validationFraction: 0.1",
+                "validationFraction: 0.9",
+                "spec.data.split",
+                "no training subjects",
+            ),
+            (
+                "source: {localPath: data}",
+                "source: {}",
+                "spec.data.source",
+                "exactly one",
+            ),
+            (
+                "dataset: dataset.csv",
+                "dataset: \" \"",
+                "spec.data.dataset",
+                "required",
+            ),
+        ];
+        for (from, to, field, words) in cases {
+            let message = rejected(from, to);
+            assert!(
+                message.contains(field) && message.contains(words),
+                "{to}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn normalisation_settings_are_checked_per_channel() {
+        let message = rejected(
+            "cropSize: [32, 40, 32]",
+            "cropSize: [32, 40, 32]\n      normalization: [{channel: ct, method: CtWindow}]",
+        );
+        assert!(
+            message.contains("spec.model.preprocessing.normalization[0]"),
+            "{message}"
+        );
+        assert!(
+            message.contains("\"ct\" is not one of spec.model.imageChannels"),
+            "{message}"
+        );
+        assert!(
+            message.contains("normalization[0].windowWidth"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_wrong_kinds_are_rejected_by_name() {
+        let message = rejected("kind: Experiment", "kind: Model");
+        assert!(message.contains("expected apiVersion voxel.dev/v1alpha1 and kind Experiment"));
+        let message = rejected("task: Segmentation", "task: Detection");
+        assert!(message.contains("Detection"), "{message}");
     }
 }

@@ -79,7 +79,10 @@ fn a_few_epochs_of_training_learn_the_hippocampus() {
     let losses = column(&out, "train_loss");
     let dice = column(&out, "validation_dice_posterior");
     assert_eq!(losses.len(), 15);
-    assert!(losses[14] < 0.6 * losses[0], "training loss did not fall: {losses:?}");
+    assert!(
+        losses[14] < 0.6 * losses[0],
+        "training loss did not fall: {losses:?}"
+    );
     // An untrained network scores about 0; 15 short epochs of a tiny U-Net reach about 0.37.
     assert!(dice[0] < 0.1 && dice[14] > 0.3, "validation Dice: {dice:?}");
     for file in [

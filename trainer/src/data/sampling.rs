@@ -195,3 +195,134 @@ impl PatchSampler {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use ndarray::{Array3, Array4};
+
+    use super::*;
+
+    /// A 10×12×14 subject whose structure 1 is a 2×2×2 cube in a corner and structure 2 a
+    /// single voxel, so that where a patch may be centred is known exactly.
+    fn subject() -> SamplingSubject {
+        let shape = (10, 12, 14);
+        let mut masks = Array4::<u8>::zeros((2, shape.0, shape.1, shape.2));
+        for (i, j, k) in ndarray::indices((2, 2, 2)) {
+            masks[[0, i, j, k]] = 1;
+        }
+        masks[[1, 7, 6, 5]] = 1;
+        let image = Array3::from_shape_fn(shape, |(i, j, k)| (i * 1000 + j * 100 + k) as f32)
+            .insert_axis(Axis(0));
+        let subject = Subject {
+            id: "s".into(),
+            image,
+            masks: Some(masks),
+            spacing_mm: [1.0; 3],
+            header: Default::default(),
+            warnings: Vec::new(),
+        };
+        SamplingSubject::new(&subject, [4, 6, 8], 3)
+    }
+
+    fn sampler(class_weights: Vec<f64>, flip_axes: Vec<usize>) -> PatchSampler {
+        PatchSampler {
+            patch: [4, 6, 8],
+            class_weights,
+            flip_axes,
+            flip_probability: 0.5,
+        }
+    }
+
+    #[test]
+    fn same_seed_and_epoch_draw_the_same_patches() {
+        let subjects = vec![subject(), subject(), subject()];
+        let s = sampler(vec![1.0, 1.0, 1.0], vec![0, 2]);
+        assert_eq!(s.draw_epoch(&subjects, 9, 4), s.draw_epoch(&subjects, 9, 4));
+        let origins = |seed, epoch| -> Vec<[usize; 3]> {
+            s.draw_epoch(&subjects, seed, epoch)
+                .iter()
+                .map(|p| p.centre)
+                .collect()
+        };
+        assert_ne!(
+            origins(9, 4),
+            origins(9, 5),
+            "another epoch draws other patches"
+        );
+        assert_ne!(
+            origins(9, 4),
+            origins(10, 4),
+            "another seed draws other patches"
+        );
+    }
+
+    #[test]
+    fn class_weights_choose_the_class_of_the_centre() {
+        let s = subject();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        for _ in 0..50 {
+            let patch = sampler(vec![0.0, 0.0, 1.0], vec![]).draw(&s, &mut rng);
+            assert_eq!((patch.centre, patch.centre_class), ([7, 6, 5], 2));
+            let patch = sampler(vec![0.0, 1.0, 0.0], vec![]).draw(&s, &mut rng);
+            assert_eq!(patch.centre_class, 1);
+            let patch = sampler(vec![1.0, 0.0, 0.0], vec![]).draw(&s, &mut rng);
+            assert_eq!(patch.centre_class, 0);
+        }
+    }
+
+    #[test]
+    fn patches_at_the_border_are_shifted_inward_and_keep_their_size() {
+        let s = subject();
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        let patch = sampler(vec![0.0, 1.0, 0.0], vec![]).draw(&s, &mut rng);
+        // The cube sits at the origin: a centred patch would start at negative indices.
+        assert_eq!(patch.origin, [0, 0, 0]);
+        assert_eq!(patch.image.dim(), (1, 4, 6, 8));
+        assert_eq!(patch.classes.dim(), (4, 6, 8));
+        let patch = sampler(vec![0.0, 0.0, 1.0], vec![]).draw(&s, &mut rng);
+        // Centre (7, 6, 5) lies far enough inside: the patch is centred on it.
+        assert_eq!(patch.origin, [5, 3, 1]);
+        assert_eq!(patch.image[[0, 0, 0, 0]], (5 * 1000 + 3 * 100 + 1) as f32);
+        assert_eq!(
+            patch.classes[[2, 3, 4]],
+            2,
+            "the centre voxel keeps its class"
+        );
+    }
+
+    #[test]
+    fn flips_mirror_image_and_classes_together() {
+        let s = subject();
+        let flipping = PatchSampler {
+            flip_probability: 1.0,
+            ..sampler(vec![0.0, 0.0, 1.0], vec![0])
+        };
+        let plain = sampler(vec![0.0, 0.0, 1.0], vec![]);
+        let flipped = flipping.draw(&s, &mut ChaCha8Rng::seed_from_u64(3));
+        let unflipped = plain.draw(&s, &mut ChaCha8Rng::seed_from_u64(3));
+        let mut mirrored = unflipped.image.clone();
+        mirrored.invert_axis(Axis(1));
+        assert_eq!(flipped.image, mirrored);
+        let mut mirrored = unflipped.classes.clone();
+        mirrored.invert_axis(Axis(0));
+        assert_eq!(flipped.classes, mirrored);
+    }
+
+    #[test]
+    fn small_subjects_are_padded_to_the_patch_size() {
+        let small = Subject {
+            id: "small".into(),
+            image: Array4::from_elem((1, 2, 3, 4), 5.0),
+            masks: Some(Array4::from_elem((1, 2, 3, 4), 1)),
+            spacing_mm: [1.0; 3],
+            header: Default::default(),
+            warnings: Vec::new(),
+        };
+        let prepared = SamplingSubject::new(&small, [4, 6, 8], 2);
+        assert_eq!(prepared.classes.dim(), (4, 6, 8));
+        let patch =
+            sampler(vec![1.0, 1.0], vec![]).draw(&prepared, &mut ChaCha8Rng::seed_from_u64(0));
+        assert_eq!(patch.image.dim(), (1, 4, 6, 8));
+        assert_eq!(patch.classes.iter().filter(|&&c| c == 1).count(), 2 * 3 * 4);
+    }
+}
