@@ -264,3 +264,22 @@ fn trainer_exits_with_the_bad_config_code_and_names_the_field() {
         &["spec.model.preprocessing.cropSize", "[16, 15, 16]"],
     );
 }
+
+#[test]
+fn the_shipped_example_dataset_is_valid() {
+    let csv = common::example_data().join("dataset.csv");
+    let dataset = read_dataset(&csv).unwrap();
+    assert_eq!(dataset.subjects.len(), 195);
+    let (channels, structures) = (strings(&["mr"]), strings(&["anterior", "posterior"]));
+    let request = LoadRequest {
+        image_channels: &channels,
+        structures: &structures,
+        normalization: &[],
+    };
+    let subjects = load_subjects(&dataset, &dataset.subject_ids(), request).unwrap();
+    assert!(
+        subjects
+            .iter()
+            .all(|s| s.warnings.is_empty() && s.spacing_mm == [1.0; 3])
+    );
+}

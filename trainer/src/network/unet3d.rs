@@ -284,6 +284,27 @@ mod tests {
     }
 
     #[test]
+    fn batch_norm_network_uses_running_statistics_at_inference() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = UNet3dConfig {
+            normalization: Normalization::BatchNorm,
+            ..config(2)
+        };
+        let net = UNet3d::new(&vs.root(), config);
+        let x = Tensor::randn([2, 2, 8, 8, 8], (Kind::Float, Device::Cpu));
+        let first = net.forward_t(&x, false);
+        assert!(
+            first.equal(&net.forward_t(&x, false)),
+            "inference is deterministic"
+        );
+        let _ = net.forward_t(&x, true);
+        assert!(
+            !first.equal(&net.forward_t(&x, false)),
+            "training updates running stats"
+        );
+    }
+
+    #[test]
     fn bfloat16_convolutions_still_return_float32_logits() {
         let vs = nn::VarStore::new(Device::Cpu);
         let net = UNet3d::new(
