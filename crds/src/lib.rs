@@ -5,6 +5,7 @@
 
 pub mod experiment;
 pub mod manifest;
+pub mod results;
 pub mod validation;
 
 pub use experiment::{Experiment, ExperimentSpec};

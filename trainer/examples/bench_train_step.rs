@@ -4,7 +4,7 @@
 //! result is one machine-readable line on stdout:
 //!
 //! ```text
-//! voxel fp32 median_ms=... min_ms=... max_ms=... warmup=3 steps=10 threads=2 loss=...
+//! voxel fp32 median_ms=... min_ms=... max_ms=... warmup=3 steps=10 threads=2 parameters=... loss=...
 //! ```
 
 use std::time::Instant;
@@ -129,8 +129,11 @@ fn main() -> anyhow::Result<()> {
     }
 
     step_ms.sort_by(f64::total_cmp);
+    // The PyTorch peer prints the same count; equal counts show that the networks match.
+    let parameters: usize = vs.trainable_variables().iter().map(Tensor::numel).sum();
     println!(
-        "voxel {} median_ms={:.1} min_ms={:.1} max_ms={:.1} warmup={} steps={} threads={} loss={:.4}",
+        "voxel {} median_ms={:.1} min_ms={:.1} max_ms={:.1} warmup={} steps={} threads={} \
+         parameters={} loss={:.4}",
         args.precision.label(),
         median(&step_ms),
         step_ms[0],
@@ -138,6 +141,7 @@ fn main() -> anyhow::Result<()> {
         args.warmup,
         args.steps,
         tch::get_num_threads(),
+        parameters,
         last_loss,
     );
     Ok(())
