@@ -3,7 +3,7 @@
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 ENV := source scripts/env.sh &&
-DEMO_OUT ?= out/hippocampus
+DEMO_STATE ?= out/demo
 
 .PHONY: setup build test lint demo bench crds clean
 
@@ -24,16 +24,21 @@ lint: setup
 	$(ENV) cargo fmt --all --check
 	$(ENV) cargo clippy --workspace --all-targets -- -D warnings
 
-## demo: train the example hippocampus model on the shipped MRI and evaluate it
+## demo: cross-validate the hippocampus U-Net in local mode, publish it, then train a wider
+## variant, compare it with version 1 and publish it too
 demo: setup
-	$(ENV) cargo build -p voxel-trainer --bin voxel-trainer
-	rm -rf $(DEMO_OUT)
-	$(ENV) "$$CARGO_TARGET_DIR/debug/voxel-trainer" train \
-		--config examples/hippocampus/experiment.yaml --output $(DEMO_OUT)
+	$(ENV) cargo build -p voxel-trainer --bin voxel-trainer -p voxel-operator --bin voxel
+	rm -rf $(DEMO_STATE)
+	$(ENV) "$$CARGO_TARGET_DIR/debug/voxel" run --state $(DEMO_STATE) \
+		-f examples/hippocampus/cross-validation.yaml
+	$(ENV) "$$CARGO_TARGET_DIR/debug/voxel" run --state $(DEMO_STATE) \
+		-f examples/hippocampus/cross-validation-wide.yaml
+	$(ENV) "$$CARGO_TARGET_DIR/debug/voxel" models --state $(DEMO_STATE) list
+	$(ENV) "$$CARGO_TARGET_DIR/debug/voxel" models --state $(DEMO_STATE) show hippocampus@production
 
 ## bench: UNet3D training step, PyTorch eager against voxel-trainer, side by side
 bench: setup
 	$(ENV) bash bench/train_step.sh
 
 clean:
-	rm -rf out
+	rm -rf out .voxel

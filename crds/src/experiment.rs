@@ -4,11 +4,21 @@
 //! the trainer as a whole manifest. Defaults are declared next to each field with the reason for
 //! them, so that the generated schema and `kubectl explain` show what an omitted field means.
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// One training run of one model configuration on one data set.
+use crate::{
+    cel::attach,
+    common::{CompareToSpec, Condition, PublishSpec, VersionRef, time_schema},
+    results::{Comparison, StructureSummary},
+};
+
+/// The desired run: what is learned, how, and on which data, and optionally the baseline to
+/// compare with and the model to publish under.
+// Every `printcolumn(...)` repeats the same keys, which clippy takes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "voxel.dev",
@@ -17,7 +27,51 @@ use serde::{Deserialize, Serialize};
     namespaced,
     shortname = "vxexp",
     category = "voxel",
-    derive = "PartialEq"
+    derive = "PartialEq",
+    status = "ExperimentStatus",
+    doc = "One training run of one model configuration on one data set.",
+    printcolumn(
+        name = "Running",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Running")].status"#,
+        description = "Whether a trainer is running or about to run"
+    ),
+    printcolumn(
+        name = "Succeeded",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Succeeded")].status"#,
+        description = "True when finished with results, False when failed"
+    ),
+    printcolumn(
+        name = "Epoch",
+        type_ = "integer",
+        json_path = ".status.progress.epoch",
+        description = "Epochs completed"
+    ),
+    printcolumn(
+        name = "Val Dice",
+        type_ = "number",
+        json_path = ".status.progress.meanValidationDice",
+        description = "Mean validation Dice after the last epoch"
+    ),
+    printcolumn(
+        name = "Test Dice",
+        type_ = "number",
+        json_path = ".status.meanDice",
+        description = "Mean test Dice over structures"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Succeeded")].reason"#,
+        priority = 1,
+        description = "Why the outcome is what it is"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExperimentSpec {
@@ -26,7 +80,14 @@ pub struct ExperimentSpec {
     /// How it is learned: epochs, batches, optimizer, schedule, seed and checkpoints.
     pub training: TrainingSpec,
     /// Where the images are, how they are described, and how subjects are split.
+    #[schemars(transform = attach::experiment_data)]
     pub data: DataSpec,
+    /// A published model version to compare the test results with, paired by subject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare_to: Option<CompareToSpec>,
+    /// Publish the trained model as a new version of a registry model when the run succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishSpec>,
 }
 
 /// The learning task.
@@ -55,6 +116,7 @@ pub struct ModelSpec {
     /// The learning task. Only `Segmentation` is trained by this release.
     pub task: Task,
     /// The network family.
+    #[schemars(transform = attach::architecture)]
     pub architecture: Architecture,
     /// Image channels fed to the network, in order; each names a `channel` value of the dataset
     /// CSV (for example `ct` or `mr`).
@@ -289,6 +351,7 @@ pub struct TrainingSpec {
     pub schedule: ScheduleSpec,
     /// Seed of every random choice: initial weights, patch sampling, augmentation.
     #[serde(default)]
+    #[schemars(transform = attach::training_seed)]
     pub seed: u64,
     /// Ask LibTorch for deterministic algorithms (slower on GPU; the CPU is deterministic for a
     /// fixed thread count either way).
@@ -472,6 +535,7 @@ pub struct DataSpec {
 /// The storage holding the data. Exactly one field is set.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = attach::data_source)]
 pub struct DataSource {
     /// A directory on this machine (local mode). A relative path is relative to the manifest's
     /// folder.
@@ -497,6 +561,7 @@ pub struct PvcSource {
 /// two sets.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = attach::split)]
 pub struct SplitSpec {
     /// Subjects held out for the final test. Overrides `testFraction`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -506,11 +571,113 @@ pub struct SplitSpec {
     pub validation_subjects: Vec<String>,
     /// Fraction of subjects held out for the final test, in (0, 1), when no list is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = attach::test_fraction)]
     pub test_fraction: Option<f64>,
     /// Fraction of subjects used for validation, in [0, 1), when no list is given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = attach::validation_fraction)]
     pub validation_fraction: Option<f64>,
     /// Seed of the random split by fractions.
     #[serde(default)]
     pub seed: u64,
+}
+
+/// What has happened to an Experiment. Its outcome is in the conditions: `Running`,
+/// `Succeeded`, and `Compared`/`Published` when `spec.compareTo`/`spec.publish` are set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExperimentStatus {
+    /// The latest observations of the Experiment's state (types `Running`, `Succeeded`,
+    /// `Compared`, `Published`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Live training progress, scraped from the trainer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<TrainingProgress>,
+    /// Every trainer pod started for this Experiment, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+    /// Attempts ended by preemption (spot node reclaimed, node drained); they resume from the
+    /// last checkpoint and do not count as retries.
+    #[serde(default)]
+    pub preemptions: u32,
+    /// Attempts that failed and were retried with back-off.
+    #[serde(default)]
+    pub retries: u32,
+    /// Final per-structure metrics on the held-out test set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metrics: Vec<StructureSummary>,
+    /// Mean over structures of the mean test Dice: the headline of `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_dice: Option<f64>,
+    /// The comparison with `spec.compareTo`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Comparison>,
+    /// The model version published under `spec.publish`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_model: Option<VersionRef>,
+    /// Where the checkpoints, weights, per-subject metrics and summary are: `s3://bucket/path`,
+    /// `pvc://claim/path`, or a local folder in local mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<String>,
+}
+
+/// Training progress as reported by the trainer after each epoch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingProgress {
+    /// Epochs completed.
+    pub epoch: u32,
+    /// Epochs in total (`spec.training.epochs`).
+    pub epochs: u32,
+    /// Mean training loss of the last epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_loss: Option<f64>,
+    /// Validation Dice of each structure after the last epoch (fraction in [0, 1]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub validation_dice: Vec<StructureValue>,
+    /// Mean of `validationDice` over structures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_validation_dice: Option<f64>,
+    /// Estimated seconds until training ends, from the pace of the epochs so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_seconds_left: Option<u64>,
+}
+
+/// One number for one structure.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StructureValue {
+    /// The structure, as named in `spec.model.structures`.
+    pub structure: String,
+    /// The value.
+    pub value: f64,
+}
+
+/// One trainer pod and how it ended.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// Name of the pod (or of the local process, in local mode).
+    pub pod: String,
+    /// When the attempt started (RFC 3339).
+    #[schemars(schema_with = "time_schema")]
+    pub start: Time,
+    /// When the attempt ended (RFC 3339); absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "time_schema")]
+    pub end: Option<Time>,
+    /// Exit code of the trainer; absent while it runs or when the pod vanished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// How the attempt ended, as a CamelCase word: `Completed`, `Preempted`,
+    /// `BadConfiguration`, `BadInput`, `Error`, `OOMKilled`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The trainer's termination message, if it left one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }

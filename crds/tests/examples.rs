@@ -1,4 +1,5 @@
-//! Every example manifest shipped in `examples/` parses and passes validation.
+//! Every example manifest shipped in `examples/` parses and passes validation, whatever its
+//! kind.
 
 use std::path::{Path, PathBuf};
 
@@ -13,15 +14,31 @@ fn manifests(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
-#[test]
-fn every_example_manifest_is_a_valid_experiment() {
+fn examples() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let mut found = Vec::new();
     manifests(&root, &mut found);
     assert!(!found.is_empty(), "no manifests under {}", root.display());
-    for path in found {
-        if let Err(e) = voxel_crds::manifest::read_experiment(&path) {
+    found.sort();
+    found
+}
+
+#[test]
+fn every_example_manifest_is_valid() {
+    for path in examples() {
+        if let Err(e) = voxel_crds::manifest::read_manifest(&path) {
             panic!("{e}");
         }
+    }
+}
+
+#[test]
+fn the_examples_cover_experiments_and_cross_validations() {
+    let kinds: Vec<&str> = examples()
+        .iter()
+        .map(|path| voxel_crds::manifest::read_manifest(path).unwrap().kind())
+        .collect();
+    for kind in ["Experiment", "CrossValidation"] {
+        assert!(kinds.contains(&kind), "no example of kind {kind}");
     }
 }

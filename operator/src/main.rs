@@ -1,9 +1,18 @@
-//! The `voxel` command line. Local mode and the controllers arrive in later releases; this
-//! release validates manifests with the same rules the trainer applies.
+//! The `voxel` command line: local mode (`voxel run`), manifest validation, the CRDs, baseline
+//! comparisons and the local model registry.
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use clap::{Parser, Subcommand};
+use voxel_operator::{
+    local::{self, LocalOptions},
+    models,
+    registry::{ModelReference, Registry},
+};
 
 /// Voxel: train, compare and publish medical imaging models from Kubernetes manifests.
 #[derive(Debug, Parser)]
@@ -13,28 +22,188 @@ struct Cli {
     command: Command,
 }
 
+/// Where local mode keeps its state and its registry.
+#[derive(Debug, clap::Args)]
+struct StateArgs {
+    /// Folder of local run state (`runs/…`); the registry lives in `<state>/registry` unless
+    /// `--registry` says otherwise.
+    #[arg(long, env = "VOXEL_STATE", default_value = ".voxel")]
+    state: PathBuf,
+    /// Folder of the local model registry.
+    #[arg(long, env = "VOXEL_REGISTRY")]
+    registry: Option<PathBuf>,
+}
+
+impl StateArgs {
+    fn registry(&self) -> PathBuf {
+        self.registry.clone().unwrap_or_else(|| self.state.join("registry"))
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check an Experiment manifest against the schema and the cross-field rules.
+    /// Run an Experiment, CrossValidation or Ensemble manifest on this machine (local mode):
+    /// trainer runs are local `voxel-trainer` processes and the registry is a folder.
+    Run {
+        /// The manifest file.
+        #[arg(long, short = 'f')]
+        file: PathBuf,
+        #[command(flatten)]
+        state: StateArgs,
+        /// The `voxel-trainer` executable (default: the one beside `voxel`, else on `PATH`).
+        #[arg(long, env = "VOXEL_TRAINER")]
+        trainer: Option<PathBuf>,
+        /// CPU cores shared by the trainers running at once (default: every core).
+        #[arg(long, env = "VOXEL_CORES")]
+        cores: Option<usize>,
+        /// Retries of a trainer run that failed for a reason that may pass (not for invalid
+        /// data or configuration, which fail at once).
+        #[arg(long, default_value_t = 2)]
+        retries: u32,
+        /// Start over: discard what an earlier run of this manifest left (published versions
+        /// are kept).
+        #[arg(long)]
+        fresh: bool,
+    },
+    /// Check a manifest of any Voxel kind against the schema and the cross-field rules.
     Validate {
         /// The manifest file.
         #[arg(long, short = 'f')]
         file: PathBuf,
     },
+    /// Compare a candidate's per-subject metrics.csv with a baseline's, paired by subject.
+    Compare(voxel_operator::compare::CompareArgs),
+    /// The local model registry: published versions, aliases, metrics and lineage.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+        #[command(flatten)]
+        state: StateArgs,
+    },
+    /// Print the CustomResourceDefinitions of the Voxel API, generated from its types.
+    Crds {
+        /// Write one file per CRD into this folder (for example `charts/voxel/crds`) instead
+        /// of printing them.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// One line per published version.
+    List,
+    /// One version with its metrics, comparison and lineage.
+    Show {
+        /// `NAME` (the latest version), `NAME:VERSION` or `NAME@ALIAS`.
+        reference: String,
+        /// Print the version's Model manifest as YAML instead of the summary.
+        #[arg(long)]
+        yaml: bool,
+    },
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Validate { file } => match voxel_crds::manifest::read_experiment(&file) {
-            Ok(experiment) => {
-                let name = experiment.metadata.name.unwrap_or_default();
-                println!("{}: Experiment {name} is valid", file.display());
-                ExitCode::SUCCESS
+        Command::Run {
+            file,
+            state,
+            trainer,
+            cores,
+            retries,
+            fresh,
+        } => {
+            init_logging();
+            let options = LocalOptions {
+                registry: state.registry(),
+                state_dir: state.state,
+                trainer: local::process::find_trainer(trainer.as_deref()),
+                cores: cores
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                retries,
+                fresh,
+            };
+            match local::run_manifest(&file, &options) {
+                Ok(report) => {
+                    print!("{}", report.render());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(e.exit_code())
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(78)
+        }
+        Command::Validate { file } => validate(&file),
+        Command::Compare(args) => voxel_operator::compare::run(&args),
+        Command::Models { command, state } => models_command(&command, &Registry::new(state.registry())),
+        Command::Crds { output_dir } => crds(output_dir.as_deref()),
+    }
+}
+
+/// Logs go to stderr; on a terminal the progress bars tell the story, so only warnings are
+/// logged there unless `RUST_LOG` asks for more.
+fn init_logging() {
+    let default = if std::io::stderr().is_terminal() { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn validate(file: &Path) -> ExitCode {
+    match voxel_crds::manifest::read_manifest(file) {
+        Ok(manifest) => {
+            let name = manifest.name().unwrap_or_default();
+            println!("{}: {} {name} is valid", file.display(), manifest.kind());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(local::EXIT_BAD_CONFIG)
+        }
+    }
+}
+
+fn models_command(command: &ModelsCommand, registry: &Registry) -> ExitCode {
+    let result = match command {
+        ModelsCommand::List => models::list(registry).map_err(|e| e.to_string()),
+        ModelsCommand::Show { reference, yaml } => reference
+            .parse::<ModelReference>()
+            .map_err(|e| e.to_string())
+            .and_then(|reference| models::show(registry, &reference, *yaml).map_err(|e| e.to_string())),
+    };
+    match result {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints the CRDs, or writes one file per CRD into `output_dir`.
+fn crds(output_dir: Option<&Path>) -> ExitCode {
+    let Some(dir) = output_dir else {
+        print!("{}", voxel_operator::crd_gen::crd_yaml());
+        return ExitCode::SUCCESS;
+    };
+    match voxel_operator::crd_gen::write_crd_files(dir) {
+        Ok(paths) => {
+            for path in paths {
+                println!("wrote {}", path.display());
             }
-        },
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: cannot write the CRDs into {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
     }
 }

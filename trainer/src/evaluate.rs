@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::Context;
-use ndarray::ArrayView3;
+use ndarray::{ArrayView3, ArrayView4, Axis};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -68,6 +68,24 @@ pub fn score(
         structure: structure.into(),
         metrics,
     })
+}
+
+/// Scores every structure of one subject: `predicted` and `truth` are masks (0 or 1) of the
+/// shape `[structure, i, j, k]`, in the order of `structures`.
+pub fn score_subject(
+    subject: &str,
+    structures: &[String],
+    predicted: ArrayView4<u8>,
+    truth: ArrayView4<u8>,
+    spacing_mm: [f64; 3],
+) -> anyhow::Result<Vec<MetricsRow>> {
+    let mut rows = Vec::with_capacity(structures.len());
+    for (s, structure) in structures.iter().enumerate() {
+        let p = predicted.index_axis(Axis(0), s).mapv(|v| v > 0);
+        let t = truth.index_axis(Axis(0), s).mapv(|v| v > 0);
+        rows.push(score(subject, structure, p.view(), t.view(), spacing_mm)?);
+    }
+    Ok(rows)
 }
 
 /// Writes rows as CSV with the columns of [`outputs::METRICS_COLUMNS`]. Non-finite values are

@@ -10,7 +10,10 @@ use voxel_trainer::{
     data::dataset::read_dataset,
     error::{EXIT_OK, exit_code_for},
     evaluate::{Summary, evaluate_folder, write_metrics_csv},
-    infer::run_inference,
+    infer::{
+        ensemble::{CombineRule, EnsembleOptions, run_ensemble},
+        run_inference,
+    },
     train::{Outcome, TrainOptions, train},
 };
 
@@ -91,6 +94,29 @@ enum Command {
         /// Structures to score (default: every mask found in the predictions).
         #[arg(long, value_delimiter = ',')]
         structures: Option<Vec<String>>,
+    },
+    /// Predict with several trained models together, combining their posteriors one member at
+    /// a time, and score the result when the dataset has the structure masks.
+    Ensemble {
+        /// A member's training output folder; repeat once per member.
+        #[arg(long = "model", value_name = "DIR", required = true)]
+        models: Vec<PathBuf>,
+        /// Dataset CSV with the images (and, for scoring, the masks).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Output folder: `predictions/`, `metrics.csv`, `summary.json`, `ensemble.json`.
+        #[arg(long, short = 'o')]
+        output: PathBuf,
+        /// Subjects to predict, comma-separated (default: every subject of the dataset).
+        #[arg(long, value_delimiter = ',')]
+        subjects: Option<Vec<String>>,
+        /// How the members' predictions are combined.
+        #[arg(long, value_enum, default_value_t = CombineRule::Mean)]
+        combine: CombineRule,
+        /// Keep only each structure's largest connected component (default: as the first
+        /// member's spec says).
+        #[arg(long, value_name = "true|false")]
+        largest_component: Option<bool>,
     },
 }
 
@@ -189,6 +215,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = Summary::of(&rows);
             print!("{}", summary.table());
             println!("Per-subject metrics in {}", output.display());
+        }
+        Command::Ensemble {
+            models,
+            dataset,
+            output,
+            subjects,
+            combine,
+            largest_component,
+        } => {
+            let options = EnsembleOptions {
+                members: models,
+                dataset,
+                output: output.clone(),
+                subjects,
+                combine,
+                largest_component,
+                device,
+            };
+            let outcome = run_ensemble(&options)?;
+            println!(
+                "Predicted {} subject(s) with {} member(s)",
+                outcome.subjects, outcome.members
+            );
+            if let Some(summary) = outcome.summary {
+                println!("Test metrics ({} subjects), mean ± std:", summary.subjects);
+                print!("{}", summary.table());
+            }
+            println!("Results in {}", output.display());
         }
     }
     Ok(())

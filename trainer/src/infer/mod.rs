@@ -1,5 +1,6 @@
 //! Inference: posteriors over whole volumes, class maps, masks, and their files.
 
+pub mod ensemble;
 pub mod postprocess;
 pub mod sliding_window;
 
@@ -49,8 +50,25 @@ pub fn argmax_classes(posteriors: &Tensor) -> Array3<u8> {
 /// Predicts one subject: sliding-window posteriors, argmax, optional largest component.
 pub fn predict(model: &Model, subject: &Subject) -> Prediction {
     let posteriors = model.posteriors(&tensor_f32(&subject.image));
-    let mut classes = argmax_classes(&posteriors);
-    let structures = model.experiment.spec.model.structures.len();
+    let classes = argmax_classes(&posteriors);
+    let spec = &model.experiment.spec.model;
+    prediction_from_classes(
+        posteriors,
+        classes,
+        spec.structures.len(),
+        spec.postprocessing.largest_component,
+    )
+}
+
+/// The prediction made of posteriors `[class, i, j, k]` and the class map chosen from them: one
+/// mask per structure, reduced to its largest connected component when `largest_component`
+/// says so, and the class map cleared where post-processing removed voxels.
+pub fn prediction_from_classes(
+    posteriors: Tensor,
+    mut classes: Array3<u8>,
+    structures: usize,
+    largest_component: bool,
+) -> Prediction {
     let (i, j, k) = classes.dim();
     let mut masks = Array4::<u8>::zeros((structures, i, j, k));
     for (s, mut mask) in masks.outer_iter_mut().enumerate() {
@@ -58,7 +76,7 @@ pub fn predict(model: &Model, subject: &Subject) -> Prediction {
         ndarray::Zip::from(&mut mask)
             .and(&classes)
             .for_each(|m, &c| *m = u8::from(c == label));
-        if model.experiment.spec.model.postprocessing.largest_component {
+        if largest_component {
             postprocess::keep_largest_component(mask.view_mut());
         }
     }

@@ -1,125 +1,112 @@
-//! Checks of a spec that the schema alone cannot express, run before anything starts.
-//!
-//! Local mode and the trainer run the same checks, so a manifest is rejected with the same
-//! message wherever it is used. Every error names the field by its path in the manifest.
+//! The rules of an Experiment spec, wherever it appears: an Experiment's `spec`, a
+//! CrossValidation's `spec.template`, a published Model's configuration.
 
-use std::{collections::BTreeSet, fmt};
-
-use crate::experiment::{ExperimentSpec, NormalizationMethod};
-
-/// One violated rule, located by the field's path in the manifest (`spec.model.structures`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldError {
-    /// Path of the offending field, for example `spec.training.epochs`.
-    pub field: String,
-    /// What is wrong, quoting the offending value.
-    pub message: String,
-}
-
-impl fmt::Display for FieldError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-/// All rules a spec violates; never empty.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ValidationErrors(pub Vec<FieldError>);
-
-impl fmt::Display for ValidationErrors {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let lines: Vec<String> = self.0.iter().map(ToString::to_string).collect();
-        write!(f, "invalid spec: {}", lines.join("; "))
-    }
-}
-
-#[derive(Default)]
-struct Collector(Vec<FieldError>);
-
-impl Collector {
-    fn check(&mut self, ok: bool, field: &str, message: impl FnOnce() -> String) {
-        if !ok {
-            self.0.push(FieldError {
-                field: field.to_string(),
-                message: message(),
-            });
-        }
-    }
-}
-
-fn duplicates<'a>(items: impl IntoIterator<Item = &'a String>) -> Vec<&'a str> {
-    let mut seen = BTreeSet::new();
-    let mut repeated = BTreeSet::new();
-    for item in items {
-        if !seen.insert(item.as_str()) {
-            repeated.insert(item.as_str());
-        }
-    }
-    repeated.into_iter().collect()
-}
+use super::{Collector, ValidationErrors, duplicates};
+use crate::{
+    cel,
+    experiment::{DataSpec, ExperimentSpec, NormalizationMethod},
+};
 
 impl ExperimentSpec {
-    /// Checks every cross-field rule and returns all violations at once.
+    /// Checks every rule of an Experiment's spec and returns all violations at once.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut c = Collector::default();
-        self.validate_model(&mut c);
-        self.validate_training(&mut c);
-        self.validate_data(&mut c);
-        if c.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ValidationErrors(c.0))
+        self.check(&mut c, "spec");
+        c.finish()
+    }
+
+    /// Checks the rules of changing an Experiment's spec from `old` to `self`: the data source,
+    /// the training seed and the architecture are fixed at creation.
+    pub fn validate_update(&self, old: &Self) -> Result<(), ValidationErrors> {
+        let mut c = Collector::default();
+        self.check_update(old, &mut c, "spec");
+        c.finish()
+    }
+
+    /// Records the violations of this spec, found at `p` (`spec`, `spec.template`, ...).
+    pub(crate) fn check(&self, c: &mut Collector, p: &str) {
+        self.validate_model(c, p);
+        self.validate_training(c, p);
+        self.validate_data(c, p);
+        if let Some(compare_to) = &self.compare_to {
+            compare_to.check(c, &format!("{p}.compareTo"));
+        }
+        if let Some(publish) = &self.publish {
+            publish.check(c, &format!("{p}.publish"));
         }
     }
 
-    fn validate_model(&self, c: &mut Collector) {
+    /// Records the violations of the transition rules from `old`, for a spec found at `p`.
+    pub(crate) fn check_update(&self, old: &Self, c: &mut Collector, p: &str) {
+        c.rule(
+            self.data.source == old.data.source,
+            &format!("{p}.data"),
+            &cel::DATA_SOURCE_IMMUTABLE,
+        );
+        c.rule(
+            self.training.seed == old.training.seed,
+            &format!("{p}.training.seed"),
+            &cel::SEED_IMMUTABLE,
+        );
+        c.rule(
+            self.model.architecture == old.model.architecture,
+            &format!("{p}.model.architecture"),
+            &cel::ARCHITECTURE_IMMUTABLE,
+        );
+    }
+
+    fn validate_model(&self, c: &mut Collector, p: &str) {
         let model = &self.model;
         c.check(
             !model.image_channels.is_empty(),
-            "spec.model.imageChannels",
+            &format!("{p}.model.imageChannels"),
             || "at least one image channel is required".into(),
         );
         let repeated = duplicates(&model.image_channels);
-        c.check(repeated.is_empty(), "spec.model.imageChannels", || {
-            format!("channels listed twice: {repeated:?}")
-        });
+        c.check(
+            repeated.is_empty(),
+            &format!("{p}.model.imageChannels"),
+            || format!("channels listed twice: {repeated:?}"),
+        );
         c.check(
             !model.structures.is_empty(),
-            "spec.model.structures",
+            &format!("{p}.model.structures"),
             || "a segmentation model needs at least one structure".into(),
         );
         let repeated = duplicates(&model.structures);
-        c.check(repeated.is_empty(), "spec.model.structures", || {
-            format!("structures listed twice: {repeated:?}")
-        });
+        c.check(
+            repeated.is_empty(),
+            &format!("{p}.model.structures"),
+            || format!("structures listed twice: {repeated:?}"),
+        );
         let both: Vec<&String> = model
             .structures
             .iter()
             .filter(|s| model.image_channels.contains(s))
             .collect();
-        c.check(both.is_empty(), "spec.model.structures", || {
+        c.check(both.is_empty(), &format!("{p}.model.structures"), || {
             format!("{both:?} named both as image channel and as structure")
         });
 
         let network = &model.network;
         c.check(
             (1..=7).contains(&network.levels),
-            "spec.model.network.levels",
+            &format!("{p}.model.network.levels"),
             || format!("must be between 1 and 7, found {}", network.levels),
         );
         c.check(
             network.base_channels >= 1,
-            "spec.model.network.baseChannels",
+            &format!("{p}.model.network.baseChannels"),
             || "must be at least 1".into(),
         );
         c.check(
             network.norm_groups >= 1,
-            "spec.model.network.normGroups",
+            &format!("{p}.model.network.normGroups"),
             || "must be at least 1".into(),
         );
         c.check(
             (0.0..=1.0).contains(&network.leaky_relu_slope),
-            "spec.model.network.leakyReluSlope",
+            &format!("{p}.model.network.leakyReluSlope"),
             || format!("must be in [0, 1], found {}", network.leaky_relu_slope),
         );
 
@@ -133,7 +120,7 @@ impl ExperimentSpec {
             let Some(size) = size else { continue };
             c.check(
                 size.iter().all(|&s| s >= 1 && s % multiple == 0),
-                &format!("spec.model.preprocessing.{name}"),
+                &format!("{p}.model.preprocessing.{name}"),
                 || {
                     format!(
                         "every size must be a positive multiple of {multiple} (2^(levels-1)), \
@@ -144,14 +131,14 @@ impl ExperimentSpec {
         }
         c.check(
             (0.0..=0.95).contains(&pre.tile_overlap),
-            "spec.model.preprocessing.tileOverlap",
+            &format!("{p}.model.preprocessing.tileOverlap"),
             || format!("must be in [0, 0.95], found {}", pre.tile_overlap),
         );
         if let Some(weights) = &pre.class_weights {
             let expected = model.structures.len() + 1;
             c.check(
                 weights.len() == expected,
-                "spec.model.preprocessing.classWeights",
+                &format!("{p}.model.preprocessing.classWeights"),
                 || {
                     format!(
                         "needs {expected} weights (background, then one per structure), found {}",
@@ -162,7 +149,7 @@ impl ExperimentSpec {
             c.check(
                 weights.iter().all(|w| w.is_finite() && *w >= 0.0)
                     && weights.iter().sum::<f64>() > 0.0,
-                "spec.model.preprocessing.classWeights",
+                &format!("{p}.model.preprocessing.classWeights"),
                 || format!("weights must be non-negative with a positive sum, found {weights:?}"),
             );
         }
@@ -170,14 +157,14 @@ impl ExperimentSpec {
         let repeated = duplicates(channels.iter().copied());
         c.check(
             repeated.is_empty(),
-            "spec.model.preprocessing.normalization",
+            &format!("{p}.model.preprocessing.normalization"),
             || format!("channels normalised twice: {repeated:?}"),
         );
         for (i, norm) in pre.normalization.iter().enumerate() {
-            let field = format!("spec.model.preprocessing.normalization[{i}]");
+            let field = format!("{p}.model.preprocessing.normalization[{i}]");
             c.check(model.image_channels.contains(&norm.channel), &field, || {
                 format!(
-                    "channel {:?} is not one of spec.model.imageChannels",
+                    "channel {:?} is not one of {p}.model.imageChannels",
                     norm.channel
                 )
             });
@@ -215,62 +202,66 @@ impl ExperimentSpec {
         let aug = &model.augmentation;
         c.check(
             aug.flip_axes.iter().all(|&a| a < 3),
-            "spec.model.augmentation.flipAxes",
+            &format!("{p}.model.augmentation.flipAxes"),
             || format!("axes are 0, 1 or 2, found {:?}", aug.flip_axes),
         );
         c.check(
             (0.0..=1.0).contains(&aug.flip_probability),
-            "spec.model.augmentation.flipProbability",
+            &format!("{p}.model.augmentation.flipProbability"),
             || format!("must be in [0, 1], found {}", aug.flip_probability),
         );
         c.check(
             (0.0..=1.0).contains(&model.loss.dice_weight),
-            "spec.model.loss.diceWeight",
+            &format!("{p}.model.loss.diceWeight"),
             || format!("must be in [0, 1], found {}", model.loss.dice_weight),
         );
     }
 
-    fn validate_training(&self, c: &mut Collector) {
+    fn validate_training(&self, c: &mut Collector, p: &str) {
         let t = &self.training;
-        c.check(t.epochs >= 1, "spec.training.epochs", || {
-            "must be at least 1".into()
-        });
-        c.check(t.batch_size >= 1, "spec.training.batchSize", || {
+        c.check(t.epochs >= 1, &format!("{p}.training.epochs"), || {
             "must be at least 1".into()
         });
         c.check(
+            t.batch_size >= 1,
+            &format!("{p}.training.batchSize"),
+            || "must be at least 1".into(),
+        );
+        c.check(
             t.checkpoint_every_epochs >= 1,
-            "spec.training.checkpointEveryEpochs",
+            &format!("{p}.training.checkpointEveryEpochs"),
             || "must be at least 1".into(),
         );
         let opt = &t.optimizer;
         c.check(
             opt.learning_rate > 0.0 && opt.learning_rate.is_finite(),
-            "spec.training.optimizer.learningRate",
+            &format!("{p}.training.optimizer.learningRate"),
             || format!("must be positive, found {}", opt.learning_rate),
         );
         c.check(
             opt.weight_decay >= 0.0,
-            "spec.training.optimizer.weightDecay",
+            &format!("{p}.training.optimizer.weightDecay"),
             || format!("must not be negative, found {}", opt.weight_decay),
         );
         c.check(
             (0.0..1.0).contains(&opt.momentum),
-            "spec.training.optimizer.momentum",
+            &format!("{p}.training.optimizer.momentum"),
             || format!("must be in [0, 1), found {}", opt.momentum),
         );
         c.check(
             opt.betas.iter().all(|b| (0.0..1.0).contains(b)),
-            "spec.training.optimizer.betas",
+            &format!("{p}.training.optimizer.betas"),
             || format!("both must be in [0, 1), found {:?}", opt.betas),
         );
-        c.check(opt.epsilon > 0.0, "spec.training.optimizer.epsilon", || {
-            format!("must be positive, found {}", opt.epsilon)
-        });
+        c.check(
+            opt.epsilon > 0.0,
+            &format!("{p}.training.optimizer.epsilon"),
+            || format!("must be positive, found {}", opt.epsilon),
+        );
         let s = &t.schedule;
         c.check(
             s.warmup_epochs <= t.epochs,
-            "spec.training.schedule.warmupEpochs",
+            &format!("{p}.training.schedule.warmupEpochs"),
             || {
                 format!(
                     "must not exceed the {} epochs, found {}",
@@ -280,7 +271,7 @@ impl ExperimentSpec {
         );
         c.check(
             s.min_learning_rate >= 0.0 && s.min_learning_rate <= opt.learning_rate,
-            "spec.training.schedule.minLearningRate",
+            &format!("{p}.training.schedule.minLearningRate"),
             || {
                 format!(
                     "must be in [0, learningRate], found {}",
@@ -290,60 +281,68 @@ impl ExperimentSpec {
         );
         c.check(
             s.step_epochs >= 1,
-            "spec.training.schedule.stepEpochs",
+            &format!("{p}.training.schedule.stepEpochs"),
             || "must be at least 1".into(),
         );
         c.check(
             s.gamma > 0.0 && s.gamma <= 1.0,
-            "spec.training.schedule.gamma",
+            &format!("{p}.training.schedule.gamma"),
             || format!("must be in (0, 1], found {}", s.gamma),
         );
-        c.check(s.power > 0.0, "spec.training.schedule.power", || {
-            format!("must be positive, found {}", s.power)
-        });
+        c.check(
+            s.power > 0.0,
+            &format!("{p}.training.schedule.power"),
+            || format!("must be positive, found {}", s.power),
+        );
     }
 
-    fn validate_data(&self, c: &mut Collector) {
-        let d = &self.data;
-        c.check(!d.dataset.trim().is_empty(), "spec.data.dataset", || {
-            "the dataset CSV path is required".into()
-        });
-        let set = [
-            d.source.local_path.is_some(),
-            d.source.persistent_volume_claim.is_some(),
-        ];
+    fn validate_data(&self, c: &mut Collector, p: &str) {
+        self.data.check(c, &format!("{p}.data"));
+    }
+}
+
+impl DataSpec {
+    /// Records the violations of this data section, found at `p` (`spec.data`, ...).
+    pub(crate) fn check(&self, c: &mut Collector, p: &str) {
         c.check(
-            set.iter().filter(|s| **s).count() == 1,
-            "spec.data.source",
-            || "exactly one of localPath and persistentVolumeClaim must be set".into(),
+            !self.dataset.trim().is_empty(),
+            &format!("{p}.dataset"),
+            || "the dataset CSV path is required".into(),
         );
-        let split = &d.split;
+        c.rule(
+            self.source.local_path.is_some() != self.source.persistent_volume_claim.is_some(),
+            &format!("{p}.source"),
+            &cel::DATA_SOURCE_EXACTLY_ONE,
+        );
+        let split = &self.split;
         if let Some(f) = split.test_fraction {
-            c.check(f > 0.0 && f < 1.0, "spec.data.split.testFraction", || {
-                format!("must be in (0, 1), found {f}")
-            });
+            c.rule(
+                f > 0.0 && f < 1.0,
+                &format!("{p}.split.testFraction"),
+                &cel::TEST_FRACTION_RANGE,
+            );
         }
         if let Some(f) = split.validation_fraction {
-            c.check(
+            c.rule(
                 (0.0..1.0).contains(&f),
-                "spec.data.split.validationFraction",
-                || format!("must be in [0, 1), found {f}"),
+                &format!("{p}.split.validationFraction"),
+                &cel::VALIDATION_FRACTION_RANGE,
             );
         }
         let total = split.test_fraction.unwrap_or(0.0) + split.validation_fraction.unwrap_or(0.0);
-        c.check(total < 1.0, "spec.data.split", || {
-            format!("test and validation fractions leave no training subjects (sum {total})")
-        });
+        c.rule(
+            total < 1.0,
+            &format!("{p}.split"),
+            &cel::SPLIT_LEAVES_TRAINING,
+        );
         for (name, list) in [
             ("testSubjects", &split.test_subjects),
             ("validationSubjects", &split.validation_subjects),
         ] {
             let repeated = duplicates(list);
-            c.check(
-                repeated.is_empty(),
-                &format!("spec.data.split.{name}"),
-                || format!("subjects listed twice: {repeated:?}"),
-            );
+            c.check(repeated.is_empty(), &format!("{p}.split.{name}"), || {
+                format!("subjects listed twice: {repeated:?}")
+            });
         }
         let both: Vec<&String> = split
             .test_subjects
@@ -352,7 +351,7 @@ impl ExperimentSpec {
             .collect();
         c.check(
             both.is_empty(),
-            "spec.data.split.validationSubjects",
+            &format!("{p}.split.validationSubjects"),
             || format!("{both:?} also listed in testSubjects"),
         );
     }
@@ -446,13 +445,13 @@ spec:
                 "testFraction: 0.2",
                 "testFraction: 1.5",
                 "spec.data.split.testFraction",
-                "found 1.5",
+                "less than 1",
             ),
             (
                 "validationFraction: 0.1",
                 "validationFraction: 0.9",
                 "spec.data.split",
-                "no training subjects",
+                "to leave subjects for training",
             ),
             (
                 "source: {localPath: data}",
