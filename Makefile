@@ -5,7 +5,7 @@ SHELL := bash
 ENV := source scripts/env.sh &&
 DEMO_STATE ?= out/demo
 
-.PHONY: setup build test lint demo bench crds clean
+.PHONY: setup build test lint demo experiment bench crds clean
 
 ## setup: download and assemble LibTorch (CPU) from PyPI
 setup:
@@ -15,8 +15,9 @@ setup:
 build: setup
 	$(ENV) cargo build --workspace --all-targets
 
-## test: run every test (unit, trainer on real MRI, command line)
+## test: run every test (unit, trainer on real MRI, command line, local mode end to end)
 test: setup
+	$(ENV) cargo build --workspace --bins
 	$(ENV) cargo test --workspace --no-fail-fast
 
 ## lint: formatting and clippy with warnings as errors
@@ -24,21 +25,31 @@ lint: setup
 	$(ENV) cargo fmt --all --check
 	$(ENV) cargo clippy --workspace --all-targets -- -D warnings
 
-## demo: cross-validate the hippocampus U-Net in local mode, publish it, then train a wider
-## variant, compare it with version 1 and publish it too
+## demo: local mode on the shipped MRI: a 3-fold cross-validation ensembled and published as
+## version 1, a single model compared with it (version 2), an ensemble of both; then the registry
 demo: setup
 	$(ENV) cargo build -p voxel-trainer --bin voxel-trainer -p voxel-operator --bin voxel
 	rm -rf $(DEMO_STATE)
-	$(ENV) "$$CARGO_TARGET_DIR/debug/voxel" run --state $(DEMO_STATE) \
-		-f examples/hippocampus/cross-validation.yaml
-	$(ENV) "$$CARGO_TARGET_DIR/debug/voxel" run --state $(DEMO_STATE) \
-		-f examples/hippocampus/cross-validation-wide.yaml
+	$(ENV) for manifest in cross-validation single-model ensemble; do \
+		"$$CARGO_TARGET_DIR/debug/voxel" run --state $(DEMO_STATE) \
+			-f examples/hippocampus/$$manifest.yaml || exit 1; done
 	$(ENV) "$$CARGO_TARGET_DIR/debug/voxel" models --state $(DEMO_STATE) list
 	$(ENV) "$$CARGO_TARGET_DIR/debug/voxel" models --state $(DEMO_STATE) show hippocampus@production
+
+## experiment: train and evaluate the single example Experiment with voxel-trainer alone
+experiment: setup
+	$(ENV) cargo build -p voxel-trainer --bin voxel-trainer
+	rm -rf out/hippocampus
+	$(ENV) "$$CARGO_TARGET_DIR/debug/voxel-trainer" train \
+		--config examples/hippocampus/experiment.yaml --output out/hippocampus
 
 ## bench: UNet3D training step, PyTorch eager against voxel-trainer, side by side
 bench: setup
 	$(ENV) bash bench/train_step.sh
+
+## crds: regenerate the CRDs committed under charts/voxel/crds from the Rust types
+crds: setup
+	$(ENV) cargo run -q -p voxel-operator --bin voxel -- crds --output-dir charts/voxel/crds
 
 clean:
 	rm -rf out .voxel

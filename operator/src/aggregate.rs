@@ -21,8 +21,11 @@ pub fn summarize(table: &MetricsTable) -> Vec<StructureSummary> {
     structures
         .into_iter()
         .map(|structure| {
-            let rows: Vec<&MetricsRow> =
-                table.rows().iter().filter(|r| r.structure == structure).collect();
+            let rows: Vec<&MetricsRow> = table
+                .rows()
+                .iter()
+                .filter(|r| r.structure == structure)
+                .collect();
             let mut summary = StructureSummary {
                 structure: structure.to_string(),
                 ..StructureSummary::default()
@@ -88,7 +91,11 @@ fn format_value(value: f64) -> String {
     if value.is_nan() {
         "NaN".into()
     } else if value.is_infinite() {
-        if value > 0.0 { "inf".into() } else { "-inf".into() }
+        if value > 0.0 {
+            "inf".into()
+        } else {
+            "-inf".into()
+        }
     } else {
         value.to_string()
     }
@@ -166,7 +173,10 @@ mod tests {
 
     #[test]
     fn a_fold_without_a_mean_is_counted_not_averaged() {
-        let folds = vec![vec![fold("anterior", Some(0.8))], vec![fold("anterior", None)]];
+        let folds = vec![
+            vec![fold("anterior", Some(0.8))],
+            vec![fold("anterior", None)],
+        ];
         let dice = &aggregate_folds(&folds)[0].dice;
         assert_eq!(dice.mean, Some(0.8));
         assert_eq!((dice.count, dice.nan), (1, 1));

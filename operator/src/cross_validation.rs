@@ -124,7 +124,10 @@ pub fn decide(observation: &Observation, limits: Limits) -> Decision {
         .take(free)
         .collect();
 
-    let all_succeeded = observation.folds.iter().all(|f| f.state == FoldState::Succeeded);
+    let all_succeeded = observation
+        .folds
+        .iter()
+        .all(|f| f.state == FoldState::Succeeded);
     if !all_succeeded {
         return decision;
     }
@@ -161,15 +164,24 @@ fn may_start(fold: &FoldObservation) -> bool {
 }
 
 fn terminal_failure(observation: &Observation, limits: Limits) -> Option<String> {
-    observation.folds.iter().enumerate().find_map(|(number, fold)| match &fold.state {
-        FoldState::Failed { permanent: true, message } => {
-            Some(format!("fold {number} failed permanently: {message}"))
-        }
-        FoldState::Failed { permanent: false, message } if fold.failures > limits.retries => Some(
-            format!("fold {number} failed {} times; last: {message}", fold.failures),
-        ),
-        _ => None,
-    })
+    observation
+        .folds
+        .iter()
+        .enumerate()
+        .find_map(|(number, fold)| match &fold.state {
+            FoldState::Failed {
+                permanent: true,
+                message,
+            } => Some(format!("fold {number} failed permanently: {message}")),
+            FoldState::Failed {
+                permanent: false,
+                message,
+            } if fold.failures > limits.retries => Some(format!(
+                "fold {number} failed {} times; last: {message}",
+                fold.failures
+            )),
+            _ => None,
+        })
 }
 
 #[cfg(test)]
@@ -233,7 +245,9 @@ mod tests {
         let decision = decide(&obs, LIMITS);
         assert!(decision.start_folds.is_empty());
         assert_eq!(decision.stop_folds, vec![1]);
-        assert!(matches!(decision.outcome, Some(Outcome::Failed { ref reason }) if reason.contains("fold 0 failed 2 times")));
+        assert!(
+            matches!(decision.outcome, Some(Outcome::Failed { ref reason }) if reason.contains("fold 0 failed 2 times"))
+        );
     }
 
     #[test]
@@ -242,13 +256,17 @@ mod tests {
         obs.folds[1] = failed(true, 1);
         let decision = decide(&obs, LIMITS);
         assert!(decision.start_folds.is_empty());
-        assert!(matches!(decision.outcome, Some(Outcome::Failed { ref reason }) if reason.contains("fold 1 failed permanently")));
+        assert!(
+            matches!(decision.outcome, Some(Outcome::Failed { ref reason }) if reason.contains("fold 1 failed permanently"))
+        );
     }
 
     #[test]
     fn without_an_ensemble_the_run_succeeds_with_its_last_fold() {
         let mut obs = observation(2, false);
-        obs.folds.iter_mut().for_each(|f| f.state = FoldState::Succeeded);
+        obs.folds
+            .iter_mut()
+            .for_each(|f| f.state = FoldState::Succeeded);
         let decision = decide(&obs, LIMITS);
         assert!(!decision.start_ensemble);
         assert_eq!(decision.outcome, Some(Outcome::Succeeded));
@@ -257,7 +275,9 @@ mod tests {
     #[test]
     fn the_run_succeeds_only_after_the_ensemble() {
         let mut obs = observation(2, true);
-        obs.folds.iter_mut().for_each(|f| f.state = FoldState::Succeeded);
+        obs.folds
+            .iter_mut()
+            .for_each(|f| f.state = FoldState::Succeeded);
         obs.ensemble = StageState::Running;
         assert_eq!(decide(&obs, LIMITS), Decision::default());
         obs.ensemble = StageState::Succeeded;

@@ -6,7 +6,11 @@ use sha2::{Digest, Sha256};
 
 /// `sha256:<hex>` of a finished hash.
 pub fn format_digest(hasher: Sha256) -> String {
-    let hex: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     format!("sha256:{hex}")
 }
 

@@ -13,7 +13,9 @@ use rand_chacha::ChaCha8Rng;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FoldError {
     /// Fewer subjects than folds would leave a fold empty.
-    #[error("spec.folds: {folds} folds need at least {folds} subjects outside the test set, found {subjects}")]
+    #[error(
+        "spec.folds: {folds} folds need at least {folds} subjects outside the test set, found {subjects}"
+    )]
     TooFewSubjects {
         /// Folds asked for.
         folds: u32,
@@ -28,7 +30,11 @@ pub enum FoldError {
 /// Deals the subjects (any order, duplicates ignored) into `folds` folds, each sorted.
 ///
 /// Fold `f` of the result holds the subjects that validate fold `f`; the other folds train it.
-pub fn assign_folds(subjects: &[String], folds: u32, seed: u64) -> Result<Vec<Vec<String>>, FoldError> {
+pub fn assign_folds(
+    subjects: &[String],
+    folds: u32,
+    seed: u64,
+) -> Result<Vec<Vec<String>>, FoldError> {
     if folds < 2 {
         return Err(FoldError::TooFewFolds(folds));
     }
@@ -81,7 +87,10 @@ mod tests {
         let folds = assign_folds(&subjects(41), 5, 3).unwrap();
         let sizes: Vec<usize> = folds.iter().map(Vec::len).collect();
         assert_eq!(sizes.iter().sum::<usize>(), 41);
-        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
+        assert!(
+            sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1,
+            "{sizes:?}"
+        );
     }
 
     #[test]
@@ -98,8 +107,14 @@ mod tests {
     #[test]
     fn the_same_seed_gives_the_same_folds_and_another_seed_other_folds() {
         let all = subjects(30);
-        assert_eq!(assign_folds(&all, 3, 1).unwrap(), assign_folds(&all, 3, 1).unwrap());
-        assert_ne!(assign_folds(&all, 3, 1).unwrap(), assign_folds(&all, 3, 2).unwrap());
+        assert_eq!(
+            assign_folds(&all, 3, 1).unwrap(),
+            assign_folds(&all, 3, 1).unwrap()
+        );
+        assert_ne!(
+            assign_folds(&all, 3, 1).unwrap(),
+            assign_folds(&all, 3, 2).unwrap()
+        );
     }
 
     #[test]
@@ -108,7 +123,11 @@ mod tests {
         // experiments that were already run and published.
         let folds = assign_folds(&subjects(7), 3, 42).unwrap();
         let expected: Vec<Vec<String>> = vec![
-            vec!["subject_002".into(), "subject_003".into(), "subject_004".into()],
+            vec![
+                "subject_002".into(),
+                "subject_003".into(),
+                "subject_004".into(),
+            ],
             vec!["subject_001".into(), "subject_006".into()],
             vec!["subject_000".into(), "subject_005".into()],
         ];
@@ -119,8 +138,14 @@ mod tests {
     fn too_few_subjects_or_folds_are_refused() {
         assert_eq!(
             assign_folds(&subjects(2), 3, 0),
-            Err(FoldError::TooFewSubjects { folds: 3, subjects: 2 })
+            Err(FoldError::TooFewSubjects {
+                folds: 3,
+                subjects: 2
+            })
         );
-        assert_eq!(assign_folds(&subjects(10), 1, 0), Err(FoldError::TooFewFolds(1)));
+        assert_eq!(
+            assign_folds(&subjects(10), 1, 0),
+            Err(FoldError::TooFewFolds(1))
+        );
     }
 }

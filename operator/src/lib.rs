@@ -2,14 +2,14 @@
 //! the statistics of baseline comparisons, the local model registry and the local executor.
 
 pub mod aggregate;
+pub mod compare;
 pub mod crd_gen;
 pub mod cross_validation;
 pub mod digest;
 pub mod folds;
 pub mod local;
+pub mod metrics_table;
 pub mod models;
 pub mod publication;
 pub mod registry;
-pub mod compare;
-pub mod metrics_table;
 pub mod stats;

@@ -36,7 +36,9 @@ struct StateArgs {
 
 impl StateArgs {
     fn registry(&self) -> PathBuf {
-        self.registry.clone().unwrap_or_else(|| self.state.join("registry"))
+        self.registry
+            .clone()
+            .unwrap_or_else(|| self.state.join("registry"))
     }
 }
 
@@ -136,7 +138,9 @@ fn main() -> ExitCode {
         }
         Command::Validate { file } => validate(&file),
         Command::Compare(args) => voxel_operator::compare::run(&args),
-        Command::Models { command, state } => models_command(&command, &Registry::new(state.registry())),
+        Command::Models { command, state } => {
+            models_command(&command, &Registry::new(state.registry()))
+        }
         Command::Crds { output_dir } => crds(output_dir.as_deref()),
     }
 }
@@ -144,7 +148,11 @@ fn main() -> ExitCode {
 /// Logs go to stderr; on a terminal the progress bars tell the story, so only warnings are
 /// logged there unless `RUST_LOG` asks for more.
 fn init_logging() {
-    let default = if std::io::stderr().is_terminal() { "warn" } else { "info" };
+    let default = if std::io::stderr().is_terminal() {
+        "warn"
+    } else {
+        "info"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
@@ -174,7 +182,9 @@ fn models_command(command: &ModelsCommand, registry: &Registry) -> ExitCode {
         ModelsCommand::Show { reference, yaml } => reference
             .parse::<ModelReference>()
             .map_err(|e| e.to_string())
-            .and_then(|reference| models::show(registry, &reference, *yaml).map_err(|e| e.to_string())),
+            .and_then(|reference| {
+                models::show(registry, &reference, *yaml).map_err(|e| e.to_string())
+            }),
     };
     match result {
         Ok(text) => {

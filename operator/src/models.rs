@@ -50,7 +50,10 @@ fn dice_cell(metrics: &[StructureSummary]) -> String {
 pub fn list(registry: &Registry) -> Result<String, ShowError> {
     let models = registry.models()?;
     if models.is_empty() {
-        return Ok(format!("No models published in {}\n", registry.root().display()));
+        return Ok(format!(
+            "No models published in {}\n",
+            registry.root().display()
+        ));
     }
     let mut out = format!(
         "{:<24} {:>7}  {:<20} {:<26} {:<16} {}\n",
@@ -71,9 +74,16 @@ pub fn list(registry: &Registry) -> Result<String, ShowError> {
                 "{:<24} {:>7}  {:<20} {:<26} {:<16} {}",
                 model,
                 version,
-                if names.is_empty() { "-".to_string() } else { names.join(",") },
+                if names.is_empty() {
+                    "-".to_string()
+                } else {
+                    names.join(",")
+                },
                 spec.published_at.0.to_string(),
-                format!("{:?}/{}", spec.lineage.source.kind, spec.lineage.source.name),
+                format!(
+                    "{:?}/{}",
+                    spec.lineage.source.kind, spec.lineage.source.name
+                ),
                 dice_cell(&spec.metrics),
             );
         }
@@ -82,7 +92,11 @@ pub fn list(registry: &Registry) -> Result<String, ShowError> {
 }
 
 /// A version's metadata, metrics, comparison and lineage; the full resource as YAML when asked.
-pub fn show(registry: &Registry, reference: &ModelReference, yaml: bool) -> Result<String, ShowError> {
+pub fn show(
+    registry: &Registry,
+    reference: &ModelReference,
+    yaml: bool,
+) -> Result<String, ShowError> {
     let version = registry.resolve(reference)?;
     if yaml {
         return Ok(registry.manifest(&reference.model, version)?);
@@ -101,7 +115,11 @@ pub fn show(registry: &Registry, reference: &ModelReference, yaml: bool) -> Resu
     let _ = writeln!(
         out,
         "Aliases:     {}",
-        if aliases.is_empty() { "-".into() } else { aliases.join(", ") }
+        if aliases.is_empty() {
+            "-".into()
+        } else {
+            aliases.join(", ")
+        }
     );
     let _ = writeln!(out, "Published:   {}", spec.published_at.0);
     let _ = writeln!(
@@ -111,7 +129,11 @@ pub fn show(registry: &Registry, reference: &ModelReference, yaml: bool) -> Resu
     );
     let _ = writeln!(out, "Artifact:    {}", spec.artifact.digest);
     for file in &spec.artifact.files {
-        let _ = writeln!(out, "  {:<40} {:>10} bytes  {}", file.path, file.bytes, file.digest);
+        let _ = writeln!(
+            out,
+            "  {:<40} {:>10} bytes  {}",
+            file.path, file.bytes, file.digest
+        );
     }
     if let Some(ensemble) = &spec.configuration.ensemble {
         let _ = writeln!(
@@ -125,7 +147,11 @@ pub fn show(registry: &Registry, reference: &ModelReference, yaml: bool) -> Resu
 
     let lineage = &spec.lineage;
     let _ = writeln!(out, "\nLineage:");
-    let _ = writeln!(out, "  source:          {:?} {}", lineage.source.kind, lineage.source.name);
+    let _ = writeln!(
+        out,
+        "  source:          {:?} {}",
+        lineage.source.kind, lineage.source.name
+    );
     if let Some(path) = resource
         .metadata
         .annotations
@@ -144,7 +170,10 @@ pub fn show(registry: &Registry, reference: &ModelReference, yaml: bool) -> Resu
     let _ = writeln!(
         out,
         "  git commit:      {}",
-        lineage.git_commit.as_deref().unwrap_or("- (not run from a Git checkout)")
+        lineage
+            .git_commit
+            .as_deref()
+            .unwrap_or("- (not run from a Git checkout)")
     );
     let _ = writeln!(out, "  runs:            {}", lineage.runs.join(", "));
 

@@ -74,7 +74,9 @@ pub enum RegistryError {
         alias: String,
     },
     /// A name that cannot be a folder of the registry.
-    #[error("model registry: `{0}` is not a valid name (lower-case letters, digits and '-', at most 63)")]
+    #[error(
+        "model registry: `{0}` is not a valid name (lower-case letters, digits and '-', at most 63)"
+    )]
     InvalidName(String),
     /// A reference that is neither `NAME`, `NAME:VERSION` nor `NAME@ALIAS`.
     #[error("`{0}` is not a model reference: expected NAME, NAME:VERSION or NAME@ALIAS")]
@@ -245,7 +247,9 @@ impl Registry {
 
     /// The folder of a published version.
     pub fn version_dir(&self, model: &str, version: u32) -> PathBuf {
-        self.model_dir(model).join(VERSIONS).join(version.to_string())
+        self.model_dir(model)
+            .join(VERSIONS)
+            .join(version.to_string())
     }
 
     /// The models that have at least one version, sorted.
@@ -303,7 +307,11 @@ impl Registry {
             VersionSelector::Version(v) => Err(RegistryError::UnknownVersion {
                 model: reference.model.clone(),
                 version: *v,
-                known: versions.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+                known: versions
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             }),
             VersionSelector::Alias(alias) => self
                 .alias(&reference.model, alias)?
@@ -325,10 +333,12 @@ impl Registry {
     pub fn alias(&self, model: &str, alias: &str) -> Result<Option<AliasRecord>, RegistryError> {
         let path = self.alias_path(model, alias);
         match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| RegistryError::Io {
-                path,
-                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-            }),
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| RegistryError::Io {
+                    path,
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&path)(e)),
         }
@@ -357,7 +367,9 @@ impl Registry {
     }
 
     fn alias_path(&self, model: &str, alias: &str) -> PathBuf {
-        self.model_dir(model).join(ALIASES).join(format!("{alias}.json"))
+        self.model_dir(model)
+            .join(ALIASES)
+            .join(format!("{alias}.json"))
     }
 
     fn lock(&self, model: &str) -> Result<ModelLock, RegistryError> {
@@ -450,7 +462,11 @@ impl Registry {
             return Err(RegistryError::UnknownVersion {
                 model: model.to_string(),
                 version,
-                known: known.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+                known: known
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
             });
         }
         let _lock = self.lock(model)?;
@@ -458,7 +474,10 @@ impl Registry {
         if let Err(reason) = allow(current.as_ref().map(|r| r.version)) {
             return Ok(Err(reason));
         }
-        let mut history = current.as_ref().map(|r| r.history.clone()).unwrap_or_default();
+        let mut history = current
+            .as_ref()
+            .map(|r| r.history.clone())
+            .unwrap_or_default();
         if let Some(previous) = current.filter(|r| r.version != version) {
             history.push(previous.version);
         }
@@ -551,7 +570,11 @@ mod tests {
         let registry = Registry::new(dir.path());
         for version in 1..=publishers as u32 {
             let text = registry.manifest("hippocampus", version).unwrap();
-            assert_eq!(text, format!("version: {version}\n"), "the manifest names its own version");
+            assert_eq!(
+                text,
+                format!("version: {version}\n"),
+                "the manifest names its own version"
+            );
         }
     }
 
@@ -583,16 +606,38 @@ mod tests {
         let registry = Registry::new(dir.path());
         publish(&registry, "a");
         publish(&registry, "b");
-        registry.move_alias("hippocampus", "production", 1, |_| Ok(())).unwrap().unwrap();
+        registry
+            .move_alias("hippocampus", "production", 1, |_| Ok(()))
+            .unwrap()
+            .unwrap();
         let resolve = |text: &str| registry.resolve(&text.parse().unwrap());
         assert_eq!(resolve("hippocampus").unwrap(), 2);
         assert_eq!(resolve("hippocampus:1").unwrap(), 1);
         assert_eq!(resolve("hippocampus@production").unwrap(), 1);
         let missing = resolve("hippocampus:7").unwrap_err().to_string();
-        assert!(missing.contains("no version 7 (versions: 1, 2)"), "{missing}");
-        assert!(resolve("hippocampus@staging").unwrap_err().to_string().contains("no alias `staging`"));
-        assert!(resolve("prostate").unwrap_err().to_string().contains("no model named `prostate`"));
-        for bad in ["Hippo", "hippocampus:0", "hippocampus:x", "hippocampus@", ""] {
+        assert!(
+            missing.contains("no version 7 (versions: 1, 2)"),
+            "{missing}"
+        );
+        assert!(
+            resolve("hippocampus@staging")
+                .unwrap_err()
+                .to_string()
+                .contains("no alias `staging`")
+        );
+        assert!(
+            resolve("prostate")
+                .unwrap_err()
+                .to_string()
+                .contains("no model named `prostate`")
+        );
+        for bad in [
+            "Hippo",
+            "hippocampus:0",
+            "hippocampus:x",
+            "hippocampus@",
+            "",
+        ] {
             assert!(bad.parse::<ModelReference>().is_err(), "{bad:?} parsed");
         }
     }
@@ -616,9 +661,22 @@ mod tests {
             })
             .unwrap();
         assert_eq!(refused, Err("version 2 is worse".to_string()));
-        assert_eq!(registry.alias("hippocampus", "production").unwrap().unwrap().version, 1);
-        let record = registry.move_alias("hippocampus", "production", 3, |_| Ok(())).unwrap().unwrap();
+        assert_eq!(
+            registry
+                .alias("hippocampus", "production")
+                .unwrap()
+                .unwrap()
+                .version,
+            1
+        );
+        let record = registry
+            .move_alias("hippocampus", "production", 3, |_| Ok(()))
+            .unwrap()
+            .unwrap();
         assert_eq!((record.version, record.history), (3, vec![1]));
-        assert_eq!(registry.aliases("hippocampus").unwrap(), vec![("production".into(), 3)]);
+        assert_eq!(
+            registry.aliases("hippocampus").unwrap(),
+            vec![("production".into(), 3)]
+        );
     }
 }

@@ -163,7 +163,7 @@ fn network_config(precision: Precision) -> UNet3dConfig {
 /// Median of sorted, non-empty values.
 fn median(sorted: &[f64]) -> f64 {
     let middle = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
+    if sorted.len().is_multiple_of(2) {
         (sorted[middle - 1] + sorted[middle]) / 2.0
     } else {
         sorted[middle]

@@ -85,7 +85,10 @@ pub fn fold_experiment(
     let mut experiment = Experiment::new(&fold_name(cv_name, fold), spec);
     experiment.metadata.labels = Some(
         [
-            ("voxel.dev/cross-validation".to_string(), cv_name.to_string()),
+            (
+                "voxel.dev/cross-validation".to_string(),
+                cv_name.to_string(),
+            ),
             ("voxel.dev/fold".to_string(), fold.to_string()),
         ]
         .into(),
@@ -125,7 +128,11 @@ pub fn run(
                 .into(),
         ));
     }
-    let pool: Vec<String> = all.iter().filter(|s| !split.test.contains(s)).cloned().collect();
+    let pool: Vec<String> = all
+        .iter()
+        .filter(|s| !split.test.contains(s))
+        .cloned()
+        .collect();
     let plan = FoldPlan {
         folds: assign_folds(&pool, spec.folds, spec.seed)
             .map_err(|e| LocalError::Config(e.to_string()))?,
@@ -150,7 +157,9 @@ pub fn run(
         })
         .collect::<Result<_, LocalError>>()?;
 
-    let parallel = (spec.parallelism as usize).clamp(1, fold_count).min(options.cores.max(1));
+    let parallel = (spec.parallelism as usize)
+        .clamp(1, fold_count)
+        .min(options.cores.max(1));
     let threads = (options.cores / parallel).max(1);
     let limits = Limits {
         parallelism: parallel as u32,
@@ -174,6 +183,8 @@ pub fn run(
     }
 
     let mut running: Vec<(usize, TrainerProcess, indicatif::ProgressBar)> = Vec::new();
+    // The exit code of the first permanent failure, which classifies the run's own failure.
+    let mut permanent_code: Option<i32> = None;
     let mut ensemble: Option<(TrainerProcess, indicatif::ProgressBar)> = None;
     let ensemble_dir = run_dir.join("ensemble");
     let outcome = loop {
@@ -214,8 +225,9 @@ pub fn run(
             running.push((fold, process, bar));
         }
         if start_ensemble {
-            let fold_dirs: Vec<PathBuf> =
-                (0..fold_count).map(|f| run_dir.join(format!("fold-{f}"))).collect();
+            let fold_dirs: Vec<PathBuf> = (0..fold_count)
+                .map(|f| run_dir.join(format!("fold-{f}")))
+                .collect();
             let process = start_ensemble_process(
                 options,
                 &fold_dirs,
@@ -236,7 +248,10 @@ pub fn run(
         for (fold, mut process, bar) in running.drain(..) {
             let output = run_dir.join(format!("fold-{fold}"));
             bar.set_position(epochs_done(&output));
-            match process.try_finish().map_err(|e| LocalError::Other(e.to_string()))? {
+            match process
+                .try_finish()
+                .map_err(|e| LocalError::Other(e.to_string()))?
+            {
                 None => still_running.push((fold, process, bar)),
                 Some(Exit::Succeeded) => {
                     let digest = crate::digest::digest_file(&manifests[fold])
@@ -254,6 +269,9 @@ pub fn run(
                     code,
                     message,
                 }) => {
+                    if permanent && permanent_code.is_none() {
+                        permanent_code = code;
+                    }
                     let fold_state = &mut observation.folds[fold];
                     fold_state.failures += 1;
                     warn!(fold, ?code, permanent, failures = fold_state.failures, %message, "fold failed");
@@ -265,7 +283,10 @@ pub fn run(
         running = still_running;
         if let Some((mut process, bar)) = ensemble.take() {
             bar.tick();
-            match process.try_finish().map_err(|e| LocalError::Other(e.to_string()))? {
+            match process
+                .try_finish()
+                .map_err(|e| LocalError::Other(e.to_string()))?
+            {
                 None => ensemble = Some((process, bar)),
                 Some(exit) => {
                     bar.finish_and_clear();
@@ -283,18 +304,11 @@ pub fn run(
 
     if let Outcome::Failed { reason } = outcome {
         progress.finish();
-        let permanent = observation.folds.iter().any(|f| {
-            matches!(f.state, FoldState::Failed { permanent: true, .. })
-        });
         let message = format!(
             "CrossValidation {name} failed: {reason} (logs in {})",
             run_dir.display()
         );
-        return Err(if permanent {
-            LocalError::Config(message)
-        } else {
-            LocalError::Other(message)
-        });
+        return Err(LocalError::from_trainer(permanent_code, message));
     }
 
     let finished = finish(cv, &name, &run_dir, &csv, &rows, &plan, source, options);
@@ -307,7 +321,9 @@ fn finished_before(manifest: &Path, output: &Path) -> Result<bool, LocalError> {
     let Ok(recorded) = std::fs::read_to_string(&marker) else {
         return Ok(false);
     };
-    let current = crate::digest::digest_file(manifest).map_err(io_error(manifest))?.0;
+    let current = crate::digest::digest_file(manifest)
+        .map_err(io_error(manifest))?
+        .0;
     Ok(recorded == current
         && output.join(TRAINER_METRICS).is_file()
         && output.join(TRAINER_WEIGHTS).is_file())
@@ -362,7 +378,10 @@ pub(crate) fn wait(
             bar.set_position(epochs_done(output));
         }
         bar.tick();
-        if let Some(exit) = process.try_finish().map_err(|e| LocalError::Other(e.to_string()))? {
+        if let Some(exit) = process
+            .try_finish()
+            .map_err(|e| LocalError::Other(e.to_string()))?
+        {
             return Ok(exit);
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -390,8 +409,9 @@ fn finish(
     options: &LocalOptions,
 ) -> Result<RunReport, LocalError> {
     let spec = &cv.spec;
-    let fold_dirs: Vec<PathBuf> =
-        (0..plan.folds.len()).map(|f| run_dir.join(format!("fold-{f}"))).collect();
+    let fold_dirs: Vec<PathBuf> = (0..plan.folds.len())
+        .map(|f| run_dir.join(format!("fold-{f}")))
+        .collect();
     let fold_tables: Vec<MetricsTable> = fold_dirs
         .iter()
         .map(|dir| read_metrics(&dir.join(TRAINER_METRICS)))
@@ -424,7 +444,10 @@ fn finish(
     let mut artifacts = Vec::new();
     for (fold, dir) in fold_dirs.iter().enumerate() {
         for file in [TRAINER_WEIGHTS, TRAINER_CONFIG] {
-            artifacts.push((dir.join(file), PathBuf::from(format!("fold-{fold}")).join(file)));
+            artifacts.push((
+                dir.join(file),
+                PathBuf::from(format!("fold-{fold}")).join(file),
+            ));
         }
     }
     let candidate = Candidate {
@@ -444,7 +467,8 @@ fn finish(
     };
 
     let registry = Registry::new(&options.registry);
-    let comparison = stages::compare_with_baseline(&candidate, spec.compare_to.as_ref(), &registry)?;
+    let comparison =
+        stages::compare_with_baseline(&candidate, spec.compare_to.as_ref(), &registry)?;
     let publication = stages::publish(
         &candidate,
         comparison.as_ref(),

@@ -58,10 +58,12 @@ pub fn read_rows(csv_path: &Path) -> Result<Vec<DatasetRow>, DatasetError> {
         .map_err(|e| error(e.to_string()))?;
     let headers = reader.headers().map_err(|e| error(e.to_string()))?.clone();
     let column = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h == name)
-            .ok_or_else(|| error(format!("no `{name}` column; the header is `{}`", headers.iter().collect::<Vec<_>>().join(","))))
+        headers.iter().position(|h| h == name).ok_or_else(|| {
+            error(format!(
+                "no `{name}` column; the header is `{}`",
+                headers.iter().collect::<Vec<_>>().join(",")
+            ))
+        })
     };
     let (subject, file, channel) = (column("subject")?, column("filePath")?, column("channel")?);
     let folder = csv_path.parent().unwrap_or(Path::new("."));
@@ -140,7 +142,11 @@ mod tests {
     #[test]
     fn a_missing_column_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let csv = write(dir.path(), "dataset.csv", "subject,path,channel\na,a.nii,mr\n");
+        let csv = write(
+            dir.path(),
+            "dataset.csv",
+            "subject,path,channel\na,a.nii,mr\n",
+        );
         let message = read_rows(&csv).unwrap_err().to_string();
         assert!(message.contains("no `filePath` column"), "{message}");
         assert!(message.contains("dataset.csv"), "{message}");
@@ -149,7 +155,11 @@ mod tests {
     #[test]
     fn the_digest_changes_with_any_image_byte() {
         let dir = tempfile::tempdir().unwrap();
-        let csv = write(dir.path(), "dataset.csv", "subject,filePath,channel\na,a.nii,mr\n");
+        let csv = write(
+            dir.path(),
+            "dataset.csv",
+            "subject,filePath,channel\na,a.nii,mr\n",
+        );
         write(dir.path(), "a.nii", "image");
         let rows = read_rows(&csv).unwrap();
         let before = dataset_digest(&csv, &rows).unwrap();
@@ -162,8 +172,17 @@ mod tests {
     #[test]
     fn a_missing_file_names_the_subject_and_file() {
         let dir = tempfile::tempdir().unwrap();
-        let csv = write(dir.path(), "dataset.csv", "subject,filePath,channel\na,gone.nii,mr\n");
-        let message = dataset_digest(&csv, &read_rows(&csv).unwrap()).unwrap_err().to_string();
-        assert!(message.contains("subject a") && message.contains("gone.nii"), "{message}");
+        let csv = write(
+            dir.path(),
+            "dataset.csv",
+            "subject,filePath,channel\na,gone.nii,mr\n",
+        );
+        let message = dataset_digest(&csv, &read_rows(&csv).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("subject a") && message.contains("gone.nii"),
+            "{message}"
+        );
     }
 }

@@ -122,7 +122,11 @@ pub fn run(
     let output = run_dir.join("ensemble");
     let progress = RunProgress::new(&name, 1);
     let bar = progress.trainer("ensemble", 0);
-    bar.set_message(format!("{} members on {} subjects", member_dirs.len(), test.len()));
+    bar.set_message(format!(
+        "{} members on {} subjects",
+        member_dirs.len(),
+        test.len()
+    ));
     let process = start_ensemble_process(
         options,
         &member_dirs,
@@ -132,14 +136,12 @@ pub fn run(
         &output,
         &run_dir.join("ensemble.log"),
     )?;
-    if let Exit::Failed { permanent, message, .. } = wait(process, &bar, None)? {
+    if let Exit::Failed { code, message, .. } = wait(process, &bar, None)? {
         progress.finish();
-        let message = format!("Ensemble {name}: {message}");
-        return Err(if permanent {
-            LocalError::Config(message)
-        } else {
-            LocalError::Other(message)
-        });
+        return Err(LocalError::from_trainer(
+            code,
+            format!("Ensemble {name}: {message}"),
+        ));
     }
     bar.finish_and_clear();
     progress.stage_done("evaluated");
@@ -149,14 +151,18 @@ pub fn run(
     let mut artifacts = Vec::new();
     for (i, dir) in member_dirs.iter().enumerate() {
         for file in ["model.safetensors", "experiment.yaml"] {
-            artifacts.push((dir.join(file), PathBuf::from(format!("member-{i}")).join(file)));
+            artifacts.push((
+                dir.join(file),
+                PathBuf::from(format!("member-{i}")).join(file),
+            ));
         }
     }
     let first_config = std::fs::read_to_string(member_dirs[0].join("experiment.yaml"))
         .map_err(io_error(&member_dirs[0]))?;
-    let configuration: ExperimentSpec = serde_yaml::from_str::<voxel_crds::Experiment>(&first_config)
-        .map(|e| e.spec)
-        .map_err(|e| LocalError::Config(format!("{}: {e}", member_dirs[0].display())))?;
+    let configuration: ExperimentSpec =
+        serde_yaml::from_str::<voxel_crds::Experiment>(&first_config)
+            .map(|e| e.spec)
+            .map_err(|e| LocalError::Config(format!("{}: {e}", member_dirs[0].display())))?;
     let candidate = Candidate {
         kind: "Ensemble",
         name: name.clone(),
@@ -172,7 +178,8 @@ pub fn run(
         seed: 0,
         runs: member_names,
     };
-    let comparison = stages::compare_with_baseline(&candidate, spec.compare_to.as_ref(), &registry)?;
+    let comparison =
+        stages::compare_with_baseline(&candidate, spec.compare_to.as_ref(), &registry)?;
     let publication = stages::publish(
         &candidate,
         comparison.as_ref(),

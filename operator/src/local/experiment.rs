@@ -56,11 +56,16 @@ pub fn run(
         match wait(process, &bar, Some(&output))? {
             Exit::Succeeded => break,
             Exit::Failed {
-                permanent, message, ..
+                permanent,
+                code,
+                message,
             } => {
                 if permanent {
                     progress.finish();
-                    return Err(LocalError::Config(format!("Experiment {name}: {message}")));
+                    return Err(LocalError::from_trainer(
+                        code,
+                        format!("Experiment {name}: {message}"),
+                    ));
                 }
                 if attempts > options.retries {
                     progress.finish();
@@ -94,7 +99,8 @@ pub fn run(
         runs: vec![name.clone()],
     };
     let registry = Registry::new(&options.registry);
-    let comparison = stages::compare_with_baseline(&candidate, spec.compare_to.as_ref(), &registry)?;
+    let comparison =
+        stages::compare_with_baseline(&candidate, spec.compare_to.as_ref(), &registry)?;
     let publication = stages::publish(
         &candidate,
         comparison.as_ref(),
@@ -104,7 +110,9 @@ pub fn run(
         &options.trainer,
     )?;
     progress.finish();
-    let test_subjects = summary.first().map_or(0, |s| s.dice.count + s.dice.nan + s.dice.infinite);
+    let test_subjects = summary
+        .first()
+        .map_or(0, |s| s.dice.count + s.dice.nan + s.dice.infinite);
     let report = RunReport {
         kind: "Experiment".into(),
         name,

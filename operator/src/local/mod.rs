@@ -51,6 +51,18 @@ impl LocalError {
     }
 }
 
+impl LocalError {
+    /// A trainer run that ended with `code`, classified as the trainer classified it: invalid
+    /// data (65) and configuration (78) keep their meaning, anything else may pass on retry.
+    pub fn from_trainer(code: Option<i32>, message: String) -> Self {
+        match code.and_then(|c| u8::try_from(c).ok()) {
+            Some(EXIT_BAD_DATA) => LocalError::Data(message),
+            Some(EXIT_BAD_CONFIG) => LocalError::Config(message),
+            _ => LocalError::Other(message),
+        }
+    }
+}
+
 impl From<crate::registry::RegistryError> for LocalError {
     fn from(e: crate::registry::RegistryError) -> Self {
         match e {
@@ -100,8 +112,8 @@ impl LocalOptions {
 
 /// Runs a manifest of any runnable kind and returns what it produced.
 pub fn run_manifest(path: &Path, options: &LocalOptions) -> Result<RunReport, LocalError> {
-    let manifest = voxel_crds::manifest::read_manifest(path)
-        .map_err(|e| LocalError::Config(e.to_string()))?;
+    let manifest =
+        voxel_crds::manifest::read_manifest(path).map_err(|e| LocalError::Config(e.to_string()))?;
     let manifest_text = std::fs::read(path).map_err(io_error(path))?;
     let source = stages::Source {
         manifest_path: std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),

@@ -130,7 +130,12 @@ fn last_error_line(log: &Path) -> Option<String> {
         }
         let value: serde_json::Value = serde_json::from_str(line).ok()?;
         (value.get("level")?.as_str()? == "ERROR")
-            .then(|| value.pointer("/fields/message")?.as_str().map(str::to_string))
+            .then(|| {
+                value
+                    .pointer("/fields/message")?
+                    .as_str()
+                    .map(str::to_string)
+            })
             .flatten()
     })
 }

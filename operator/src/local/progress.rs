@@ -14,7 +14,12 @@ pub const EPOCH_METRICS: &str = "epoch_metrics.csv";
 /// Epochs a trainer has finished, read from its output folder (0 before the first).
 pub fn epochs_done(output: &Path) -> u64 {
     std::fs::read_to_string(output.join(EPOCH_METRICS))
-        .map(|text| text.lines().filter(|l| !l.trim().is_empty()).count().saturating_sub(1) as u64)
+        .map(|text| {
+            text.lines()
+                .filter(|l| !l.trim().is_empty())
+                .count()
+                .saturating_sub(1) as u64
+        })
         .unwrap_or(0)
 }
 
@@ -30,8 +35,10 @@ impl RunProgress {
         let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let overall = bars.add(ProgressBar::new(stages));
         overall.set_style(
-            ProgressStyle::with_template("{prefix:<24} {bar:30} {pos}/{len} stages {msg} [{elapsed_precise}]")
-                .expect("the template is valid"),
+            ProgressStyle::with_template(
+                "{prefix:<24} {bar:30} {pos}/{len} stages {msg} [{elapsed_precise}]",
+            )
+            .expect("the template is valid"),
         );
         overall.set_prefix(title.to_string());
         overall.enable_steady_tick(Duration::from_millis(500));

@@ -110,7 +110,11 @@ fn metrics_rows(out: &mut String, label: &str, summaries: &[StructureSummary]) {
             cell(&summary.hausdorff95_mm, 3),
             cell(&summary.mean_surface_distance_mm, 3),
             summary.dice.count,
-            if excluded > 0 { format!(" ({excluded} excluded)") } else { String::new() },
+            if excluded > 0 {
+                format!(" ({excluded} excluded)")
+            } else {
+                String::new()
+            },
         );
     }
 }
@@ -119,7 +123,13 @@ impl RunReport {
     /// The tables printed at the end of `voxel run`.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{} {}: results in {}", self.kind, self.name, self.run_dir.display());
+        let _ = writeln!(
+            out,
+            "{} {}: results in {}",
+            self.kind,
+            self.name,
+            self.run_dir.display()
+        );
         let header = format!(
             "{:<12} {:<12} {:>17} {:>17} {:>17} {:>5}",
             "", "structure", "dice", "hd95_mm", "msd_mm", "n"
@@ -134,7 +144,11 @@ impl RunReport {
             for fold in &self.folds {
                 metrics_rows(&mut out, &format!("fold {}", fold.fold), &fold.metrics);
             }
-            let _ = writeln!(out, "\nAggregate over {} folds, mean ± std of the fold means:", self.folds.len());
+            let _ = writeln!(
+                out,
+                "\nAggregate over {} folds, mean ± std of the fold means:",
+                self.folds.len()
+            );
             let _ = writeln!(out, "{header}");
             metrics_rows(&mut out, "folds", &self.aggregate);
         }
@@ -148,7 +162,11 @@ impl RunReport {
             let _ = writeln!(out, "{header}");
             metrics_rows(&mut out, "ensemble", ensemble);
         } else if self.folds.is_empty() {
-            let _ = writeln!(out, "\nTest metrics ({} subjects), mean ± std:", self.test_subjects);
+            let _ = writeln!(
+                out,
+                "\nTest metrics ({} subjects), mean ± std:",
+                self.test_subjects
+            );
             let _ = writeln!(out, "{header}");
             metrics_rows(&mut out, "test", &self.metrics);
         }
@@ -157,8 +175,16 @@ impl RunReport {
             out += &crate::compare::comparison_table(comparison);
         }
         if let Some(p) = &self.publication {
-            let state = if p.new { "Published" } else { "Already published" };
-            let _ = writeln!(out, "\n{state} {} version {} ({})", p.model, p.version, p.digest);
+            let state = if p.new {
+                "Published"
+            } else {
+                "Already published"
+            };
+            let _ = writeln!(
+                out,
+                "\n{state} {} version {} ({})",
+                p.model, p.version, p.digest
+            );
             match (&p.alias, &p.alias_refused) {
                 (Some(alias), None) => {
                     let _ = writeln!(out, "Alias {alias} -> {}:{}", p.model, p.version);

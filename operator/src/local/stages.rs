@@ -16,9 +16,7 @@ use crate::{
     digest::{digest_file, format_digest},
     metrics_table::MetricsTable,
     publication::{self, ArtifactFile, Lineage, ModelContent},
-    registry::{
-        ModelReference, NewVersion, Published, Registry, VERSION_METRICS, VersionSelector,
-    },
+    registry::{ModelReference, NewVersion, Published, Registry, VERSION_METRICS, VersionSelector},
 };
 
 /// The manifest a run came from.
@@ -106,7 +104,11 @@ pub fn compare_with_baseline(
     let version = registry.resolve(&reference).map_err(|e| {
         LocalError::Config(format!("spec.compareTo: {e} (publish the baseline first)"))
     })?;
-    let baseline = read_table(&registry.version_dir(&spec.model, version).join(VERSION_METRICS))?;
+    let baseline = read_table(
+        &registry
+            .version_dir(&spec.model, version)
+            .join(VERSION_METRICS),
+    )?;
     let current = read_table(&candidate.metrics_csv)?;
     let comparison = compare_tables(
         &baseline,
@@ -150,7 +152,10 @@ pub fn publish(
         files.push((source_path.clone(), path));
     }
     let artifact_digest = format_digest(overall);
-    files.push((candidate.metrics_csv.clone(), PathBuf::from(VERSION_METRICS)));
+    files.push((
+        candidate.metrics_csv.clone(),
+        PathBuf::from(VERSION_METRICS),
+    ));
 
     let lineage = Lineage {
         source_kind: candidate.kind.to_string(),
@@ -166,7 +171,10 @@ pub fn publish(
     // The same manifest, weights and metrics published twice make one version.
     let (metrics_digest, _) =
         digest_file(&candidate.metrics_csv).map_err(io_error(&candidate.metrics_csv))?;
-    let publish_key = format!("{}\n{artifact_digest}\n{metrics_digest}\n", source.manifest_digest);
+    let publish_key = format!(
+        "{}\n{artifact_digest}\n{metrics_digest}\n",
+        source.manifest_digest
+    );
     let render = |version: u32| {
         publication::model_manifest(
             &spec.model,

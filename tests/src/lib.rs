@@ -1,0 +1,138 @@
+//! Helpers of the end-to-end tests: the built `voxel` and `voxel-trainer` executables, the
+//! shipped example data, and small manifests over it.
+//!
+//! The executables are the workspace's own, found beside the test binary
+//! (`target/<profile>/`), so `cargo build --workspace --bins` must have run first; the
+//! Makefile's `test` target does that.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use sha2::{Digest, Sha256};
+
+/// A workspace executable, built into the same target folder as the running test.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let test = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/<test>-<hash> → target/<profile>/<name>
+    let profile_dir = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test binary lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace's executables first (`cargo build --workspace --bins`, \
+         which `make test` runs)",
+        path.display()
+    );
+    path
+}
+
+/// `voxel` with the workspace's `voxel-trainer`, one LibTorch thread per trainer (kernels are
+/// deterministic for a fixed thread count) and the state in `state`.
+pub fn voxel(state: &Path) -> Command {
+    let mut command = Command::new(workspace_bin("voxel"));
+    command
+        .env("VOXEL_TRAINER", workspace_bin("voxel-trainer"))
+        .env("VOXEL_STATE", state)
+        .env_remove("VOXEL_REGISTRY")
+        .env("RUST_LOG", "warn");
+    command
+}
+
+/// The output of a command that must succeed, or a panic with its stderr.
+pub fn success(command: &mut Command) -> Output {
+    let output = command.output().expect("the command starts");
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+/// The example data folder (real hippocampus MRI, see `examples/hippocampus/data/README.md`).
+pub fn example_data() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hippocampus/data");
+    std::path::absolute(&path).expect("the example folder has an absolute path")
+}
+
+/// The subjects of a dataset CSV, sorted.
+pub fn dataset_subjects(csv: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(csv).expect("the dataset CSV reads");
+    let mut subjects: Vec<String> = text
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split(',').next())
+        .map(str::to_string)
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    subjects
+}
+
+/// `sha256:<hex>` of a file's bytes.
+pub fn sha256_file(path: &Path) -> String {
+    let bytes = std::fs::read(path).expect("the file reads");
+    let digest = Sha256::digest(&bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// A JSON file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// An example manifest from `examples/hippocampus/`, shrunk so that it trains in seconds: the
+/// shipped subset (`dataset_small.csv`, 40 subjects) with a fifth held out for the test, a narrow
+/// two-level U-Net on 16³ patches, `epochs` epochs, the data folder made absolute. Everything
+/// else (kinds, names, folds, seeds, ensembles, comparisons, publication) is the example's own.
+pub fn shrunk_example(name: &str, epochs: u32) -> serde_yaml::Value {
+    let path = example_data().join("..").join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut manifest: serde_yaml::Value =
+        serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let spec = &mut manifest["spec"];
+    let experiment = if spec.get("template").is_some() {
+        &mut spec["template"]
+    } else {
+        spec
+    };
+    if experiment.get("model").is_some() {
+        let model = &mut experiment["model"];
+        model["network"]["baseChannels"] = 4.into();
+        model["network"]["levels"] = 2.into();
+        model["preprocessing"]["cropSize"] = yaml("[16, 16, 16]");
+        model["preprocessing"]["tileSize"] = yaml("[24, 32, 24]");
+        experiment["training"]["epochs"] = epochs.into();
+        experiment["training"]["optimizer"]["learningRate"] = 0.01.into();
+        experiment["training"]["checkpointEveryEpochs"] = 1.into();
+    }
+    let data = &mut experiment["data"];
+    data["source"]["localPath"] = example_data().display().to_string().into();
+    data["dataset"] = "dataset_small.csv".into();
+    data["split"]["testFraction"] = 0.2.into();
+    manifest
+}
+
+/// Writes a manifest into `dir` as `<file>` and returns its path.
+pub fn write_manifest(dir: &Path, file: &str, manifest: &serde_yaml::Value) -> PathBuf {
+    let path = dir.join(file);
+    std::fs::write(
+        &path,
+        serde_yaml::to_string(manifest).expect("a YAML value serialises"),
+    )
+    .expect("the manifest is written");
+    path
+}
+
+/// A YAML value from its text.
+pub fn yaml(text: &str) -> serde_yaml::Value {
+    serde_yaml::from_str(text).expect("valid YAML")
+}
