@@ -55,10 +55,17 @@ pub fn list(registry: &Registry) -> Result<String, ShowError> {
             registry.root().display()
         ));
     }
-    let mut out = format!(
-        "{:<24} {:>7}  {:<20} {:<26} {:<16} {}\n",
-        "MODEL", "VERSION", "ALIASES", "PUBLISHED", "SOURCE", "TEST DICE"
-    );
+    let mut rows: Vec<[String; 6]> = vec![
+        [
+            "MODEL",
+            "VERSION",
+            "ALIASES",
+            "PUBLISHED",
+            "SOURCE",
+            "TEST DICE",
+        ]
+        .map(str::to_string),
+    ];
     for model in models {
         let aliases = registry.aliases(&model)?;
         for version in registry.versions(&model)? {
@@ -69,11 +76,9 @@ pub fn list(registry: &Registry) -> Result<String, ShowError> {
                 .filter(|(_, v)| *v == version)
                 .map(|(a, _)| a.as_str())
                 .collect();
-            let _ = writeln!(
-                out,
-                "{:<24} {:>7}  {:<20} {:<26} {:<16} {}",
-                model,
-                version,
+            rows.push([
+                model.clone(),
+                version.to_string(),
                 if names.is_empty() {
                     "-".to_string()
                 } else {
@@ -85,8 +90,30 @@ pub fn list(registry: &Registry) -> Result<String, ShowError> {
                     spec.lineage.source.kind, spec.lineage.source.name
                 ),
                 dice_cell(&spec.metrics),
-            );
+            ]);
         }
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        // The version column is right-aligned, the last one left unpadded.
+        let _ = writeln!(
+            out,
+            "{:<w0$}  {:>w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            row[5],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3],
+            w4 = widths[4],
+        );
     }
     Ok(out)
 }
