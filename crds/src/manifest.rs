@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
-use crate::{CrossValidation, Ensemble, Experiment, Model, ValidationErrors};
+use crate::{
+    CrossValidation, Ensemble, Experiment, Model, ValidationErrors, validation::validate_name,
+};
 
 /// The kinds a manifest may hold, in the order they are listed in messages.
 pub const KINDS: [&str; 4] = ["Experiment", "CrossValidation", "Ensemble", "Model"];
@@ -137,21 +139,25 @@ pub fn parse_manifest(text: &str, path: &Path) -> Result<Manifest, ManifestError
     Ok(match *kind {
         "Experiment" => {
             let resource: Experiment = parse(text, path, kind)?;
+            validate_name(resource.metadata.name.as_deref()).map_err(invalid)?;
             resource.spec.validate().map_err(invalid)?;
             Manifest::Experiment(Box::new(resource))
         }
         "CrossValidation" => {
             let resource: CrossValidation = parse(text, path, kind)?;
+            validate_name(resource.metadata.name.as_deref()).map_err(invalid)?;
             resource.spec.validate().map_err(invalid)?;
             Manifest::CrossValidation(Box::new(resource))
         }
         "Ensemble" => {
             let resource: Ensemble = parse(text, path, kind)?;
+            validate_name(resource.metadata.name.as_deref()).map_err(invalid)?;
             resource.spec.validate().map_err(invalid)?;
             Manifest::Ensemble(Box::new(resource))
         }
         _ => {
             let resource: Model = parse(text, path, kind)?;
+            validate_name(resource.metadata.name.as_deref()).map_err(invalid)?;
             resource.spec.validate().map_err(invalid)?;
             Manifest::Model(Box::new(resource))
         }
@@ -177,6 +183,12 @@ pub fn parse_experiment(text: &str, path: &Path) -> Result<Experiment, ManifestE
         });
     }
     let experiment: Experiment = parse(text, path, "Experiment")?;
+    validate_name(experiment.metadata.name.as_deref()).map_err(|source| {
+        ManifestError::Invalid {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
     experiment
         .spec
         .validate()
@@ -185,6 +197,35 @@ pub fn parse_experiment(text: &str, path: &Path) -> Result<Experiment, ManifestE
             source,
         })?;
     Ok(experiment)
+}
+
+/// The fields of a manifest that no Voxel type reads, as dotted paths
+/// (`spec.training.learningrate`), for warnings: a mistyped field silently takes its default,
+/// and the API server drops it as well (`kubectl apply` warns of it). Empty when the manifest
+/// does not parse or is of no Voxel kind; those are errors [`parse_manifest`] reports.
+pub fn unknown_fields(text: &str) -> Vec<String> {
+    fn ignored<T: DeserializeOwned>(text: &str) -> Vec<String> {
+        let mut paths = Vec::new();
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let parsed: Result<T, _> =
+            serde_ignored::deserialize(deserializer, |path| paths.push(path.to_string()));
+        if parsed.is_err() {
+            return Vec::new();
+        }
+        // The derived types read apiVersion and kind through `header`, not as fields.
+        paths.retain(|p| p != "apiVersion" && p != "kind");
+        paths
+    }
+    let Ok((_, kind)) = header(text, Path::new(""), "Voxel resource") else {
+        return Vec::new();
+    };
+    match kind.as_str() {
+        "Experiment" => ignored::<Experiment>(text),
+        "CrossValidation" => ignored::<CrossValidation>(text),
+        "Ensemble" => ignored::<Ensemble>(text),
+        "Model" => ignored::<Model>(text),
+        _ => Vec::new(),
+    }
 }
 
 fn api_version() -> String {
@@ -227,6 +268,26 @@ fn parse<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_fields_are_named_by_their_path() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/hippocampus/experiment.yaml"
+        ))
+        .unwrap();
+        assert_eq!(unknown_fields(&text), Vec::<String>::new());
+        let typo = text
+            .replace("learningRate:", "learningrate:")
+            .replace("metadata:\n", "metadata:\n  labelz: {a: b}\n");
+        assert_eq!(
+            unknown_fields(&typo),
+            vec![
+                "metadata.labelz".to_string(),
+                "spec.training.optimizer.learningrate".to_string()
+            ]
+        );
+    }
 
     const ENSEMBLE: &str = r#"
 apiVersion: voxel.dev/v1alpha1

@@ -56,8 +56,8 @@ enum Command {
         #[arg(long, env = "VOXEL_TRAINER")]
         trainer: Option<PathBuf>,
         /// CPU cores shared by the trainers running at once (default: every core).
-        #[arg(long, env = "VOXEL_CORES")]
-        cores: Option<usize>,
+        #[arg(long, env = "VOXEL_CORES", value_parser = clap::value_parser!(u64).range(1..))]
+        cores: Option<u64>,
         /// Retries of a trainer run that failed for a reason that may pass (not for invalid
         /// data or configuration, which fail at once).
         #[arg(long, default_value_t = 2)]
@@ -116,12 +116,15 @@ fn main() -> ExitCode {
             fresh,
         } => {
             init_logging();
+            warn_unknown_fields(&file);
             let options = LocalOptions {
                 registry: state.registry(),
                 state_dir: state.state,
                 trainer: local::process::find_trainer(trainer.as_deref()),
-                cores: cores
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                cores: cores.map_or_else(
+                    || std::thread::available_parallelism().map_or(1, |n| n.get()),
+                    |n| n as usize,
+                ),
                 retries,
                 fresh,
             };
@@ -162,7 +165,21 @@ fn init_logging() {
         .init();
 }
 
+/// Warns of the manifest's fields that no type reads, as `kubectl apply` does.
+fn warn_unknown_fields(file: &Path) {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return;
+    };
+    for field in voxel_crds::manifest::unknown_fields(&text) {
+        eprintln!(
+            "warning: {}: unknown field \"{field}\" is ignored (the API server drops it too)",
+            file.display()
+        );
+    }
+}
+
 fn validate(file: &Path) -> ExitCode {
+    warn_unknown_fields(file);
     match voxel_crds::manifest::read_manifest(file) {
         Ok(manifest) => {
             let name = manifest.name().unwrap_or_default();
@@ -179,12 +196,14 @@ fn validate(file: &Path) -> ExitCode {
 fn models_command(command: &ModelsCommand, registry: &Registry) -> ExitCode {
     let result = match command {
         ModelsCommand::List => models::list(registry).map_err(|e| e.to_string()),
-        ModelsCommand::Show { reference, yaml } => reference
-            .parse::<ModelReference>()
-            .map_err(|e| e.to_string())
-            .and_then(|reference| {
-                models::show(registry, &reference, *yaml).map_err(|e| e.to_string())
-            }),
+        ModelsCommand::Show { reference, yaml } => match reference.parse::<ModelReference>() {
+            Ok(reference) => models::show(registry, &reference, *yaml).map_err(|e| e.to_string()),
+            Err(e) => {
+                // A reference that does not parse is a command-line error, as clap's own are.
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
     };
     match result {
         Ok(text) => {

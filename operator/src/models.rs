@@ -155,10 +155,17 @@ pub fn show(
         registry.version_dir(&reference.model, version).display()
     );
     let _ = writeln!(out, "Artifact:    {}", spec.artifact.digest);
+    let folder = registry.version_dir(&reference.model, version);
     for file in &spec.artifact.files {
+        // Each file is hashed again: a version whose files were changed afterwards says so.
+        let check = match crate::digest::digest_file(&folder.join(&file.path)) {
+            Ok((digest, _)) if digest == file.digest => "ok".to_string(),
+            Ok((digest, _)) => format!("CHANGED since publication, now {digest}"),
+            Err(e) => format!("UNREADABLE: {e}"),
+        };
         let _ = writeln!(
             out,
-            "  {:<40} {:>10} bytes  {}",
+            "  {:<40} {:>10} bytes  {}  {check}",
             file.path, file.bytes, file.digest
         );
     }
@@ -200,7 +207,7 @@ pub fn show(
         lineage
             .git_commit
             .as_deref()
-            .unwrap_or("- (not run from a Git checkout)")
+            .unwrap_or("- (the manifest is not in a Git checkout)")
     );
     let _ = writeln!(out, "  runs:            {}", lineage.runs.join(", "));
 

@@ -240,6 +240,20 @@ fn the_example_cross_validation_single_model_and_ensemble_run_compare_and_publis
         "{combined}"
     );
 
+    assert_contains(&table, &["Ensemble of 4 networks on the 8 test subjects"]);
+
+    // Rerunning the first manifest reuses its folds, finds version 1 already published and
+    // leaves the alias where the later versions put it.
+    let table = run(&state, &cv);
+    assert_contains(
+        &table,
+        &[
+            "Already published hippocampus version 1",
+            "Alias production not moved",
+        ],
+    );
+    assert_eq!(alias_target(&state, "hippocampus", "production"), expected);
+
     let list = success(voxel(&state).args(["models", "list"]));
     let list = String::from_utf8_lossy(&list.stdout);
     assert_eq!(
@@ -433,5 +447,60 @@ fn invalid_manifests_and_data_stop_before_anything_runs() {
     assert_eq!(code, Some(65), "{message}");
     assert_contains(&message, &[&first, "missing.nii.gz"]);
 
+    // A baseline that does not exist is found out before anything trains.
+    let path = write_manifest(
+        dir.path(),
+        "single.yaml",
+        &shrunk_example("single-model.yaml", 1),
+    );
+    let (code, message) = refused(&state, &path);
+    assert_eq!(code, Some(78), "{message}");
+    assert_contains(&message, &["spec.compareTo", "hippocampus"]);
+    assert!(
+        !run_dir(&state, "experiment", "hippocampus-single")
+            .join("train")
+            .exists()
+    );
+
     assert!(!state.join("registry").exists(), "nothing was published");
+}
+
+#[test]
+fn a_name_that_is_not_a_dns_subdomain_is_refused_and_fresh_deletes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let keep = state.join("registry/keep.txt");
+    std::fs::create_dir_all(keep.parent().unwrap()).unwrap();
+    std::fs::write(&keep, "published work").unwrap();
+    for name in ["../../registry", "Hippo_CV", "/tmp/elsewhere", ""] {
+        let mut manifest = shrunk_example("cross-validation.yaml", 1);
+        manifest["metadata"]["name"] = name.into();
+        let path = write_manifest(dir.path(), "named.yaml", &manifest);
+        let output = voxel(&state)
+            .arg("run")
+            .arg("--fresh")
+            .arg("-f")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let message = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(78), "{name:?}: {message}");
+        assert_contains(&message, &["metadata.name"]);
+        assert_eq!(
+            read(&keep),
+            "published work",
+            "{name:?} removed the registry"
+        );
+    }
+}
+
+#[test]
+fn unknown_fields_are_warned_of_by_their_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut manifest = shrunk_example("experiment.yaml", 1);
+    manifest["spec"]["training"]["learningrate"] = 0.3.into();
+    let path = write_manifest(dir.path(), "typo.yaml", &manifest);
+    let output = success(voxel(dir.path()).arg("validate").arg("-f").arg(&path));
+    let warnings = String::from_utf8_lossy(&output.stderr);
+    assert_contains(&warnings, &["unknown field \"spec.training.learningrate\""]);
 }

@@ -65,10 +65,18 @@ pub fn write_or_check(resolved: &Experiment, output: &Path) -> anyhow::Result<()
                 output.display()
             ))
         })?;
-        if previous.spec != resolved.spec {
+        // What happens after training (the comparison, the publication) does not change the
+        // run, so a resumed or finished run may be given other settings for them.
+        let training_part = |spec: &voxel_crds::ExperimentSpec| {
+            let mut spec = spec.clone();
+            spec.compare_to = None;
+            spec.publish = None;
+            spec
+        };
+        if training_part(&previous.spec) != training_part(&resolved.spec) {
             return Err(bad_config(format!(
-                "output folder {} holds a run of a different configuration; choose a new folder \
-                 or delete it",
+                "output folder {} holds a run of a different configuration (model, training or \
+                 data); choose a new folder or delete it (`voxel run --fresh` starts over)",
                 output.display()
             )));
         }

@@ -30,9 +30,14 @@ impl EnsembleSpec {
         }
         if let Some(name) = &self.cross_validation {
             c.check(
-                !name.is_empty() && name.len() <= 253,
+                super::is_subdomain(name),
                 &format!("{p}.crossValidation"),
-                || format!("must be the name of a CrossValidation, found {name:?}"),
+                || {
+                    format!(
+                        "must be the name of a CrossValidation ({}), found {name:?}",
+                        super::SUBDOMAIN_MESSAGE
+                    )
+                },
             );
         }
 

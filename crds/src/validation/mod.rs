@@ -77,6 +77,37 @@ impl Collector {
     }
 }
 
+/// What the API server says of a name that is not a DNS subdomain (RFC 1123).
+pub const SUBDOMAIN_MESSAGE: &str = "a lowercase RFC 1123 subdomain must consist of lower case \
+    alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character, \
+    at most 253 characters";
+
+/// True when `name` is a DNS subdomain (RFC 1123), as Kubernetes requires of object names: dot-
+/// separated labels of lowercase letters, digits and '-', each starting and ending with a letter
+/// or digit, 253 characters at most. Such a name is also a safe single path component.
+pub fn is_subdomain(name: &str) -> bool {
+    let label = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    name.len() <= 253 && name.split('.').all(label)
+}
+
+/// Checks `metadata.name` as the API server does; local mode also names folders after it.
+pub fn validate_name(name: Option<&str>) -> Result<(), ValidationErrors> {
+    let mut c = Collector::default();
+    match name {
+        None | Some("") => c.check(false, "metadata.name", || "must be set".to_string()),
+        Some(name) => c.check(is_subdomain(name), "metadata.name", || {
+            format!("{SUBDOMAIN_MESSAGE}, found {name:?}")
+        }),
+    }
+    c.finish()
+}
+
 /// The items listed more than once, sorted.
 pub(crate) fn duplicates<'a>(items: impl IntoIterator<Item = &'a String>) -> Vec<&'a str> {
     let mut seen = BTreeSet::new();

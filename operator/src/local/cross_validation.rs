@@ -118,6 +118,7 @@ pub fn run(
     let root = data_root(&spec.template.data.source, &source.manifest_path)?;
     let csv = root.join(&spec.template.data.dataset);
     let rows = read_rows(&csv)?;
+    stages::check_baseline(spec.compare_to.as_ref(), &Registry::new(&options.registry))?;
     let all = subjects(&rows);
     let split = voxel_crds::split::split_subjects(&all, &spec.template.data.split)
         .map_err(|e| LocalError::Config(format!("spec.template.{e}")))?;
@@ -484,6 +485,11 @@ fn finish(
         folds,
         aggregate,
         test_subjects: plan.test_subjects.len() as u32,
+        ensemble_members: if ensemble_metrics.is_some() {
+            plan.folds.len() as u32
+        } else {
+            0
+        },
         ensemble: ensemble_metrics,
         metrics: candidate.summary.clone(),
         comparison,

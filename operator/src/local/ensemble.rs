@@ -107,6 +107,7 @@ pub fn run(
     std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
     let registry = Registry::new(&options.registry);
     let (member_dirs, member_names) = members(ensemble, options, &registry)?;
+    stages::check_baseline(spec.compare_to.as_ref(), &registry)?;
 
     let root = data_root(&spec.data.source, &source.manifest_path)?;
     let csv = root.join(&spec.data.dataset);
@@ -197,6 +198,7 @@ pub fn run(
         aggregate: Vec::new(),
         test_subjects: test.len() as u32,
         ensemble: Some(summary.clone()),
+        ensemble_members: member_dirs.len() as u32,
         metrics: summary,
         comparison,
         publication: publication.map(Into::into),

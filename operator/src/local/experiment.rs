@@ -33,6 +33,8 @@ pub fn run(
     let root = data_root(&spec.data.source, &source.manifest_path)?;
     let csv = root.join(&spec.data.dataset);
     let rows = read_rows(&csv)?;
+    let registry = Registry::new(&options.registry);
+    stages::check_baseline(spec.compare_to.as_ref(), &registry)?;
 
     let output = run_dir.join("train");
     let progress = RunProgress::new(&name, 1);
@@ -121,6 +123,7 @@ pub fn run(
         aggregate: Vec::new(),
         test_subjects,
         ensemble: None,
+        ensemble_members: 0,
         metrics: summary,
         comparison,
         publication: publication.map(Into::into),

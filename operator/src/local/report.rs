@@ -80,6 +80,8 @@ pub struct RunReport {
     /// The ensemble's test metrics, when one was built.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<Vec<StructureSummary>>,
+    /// The networks the ensemble combined (0 without an ensemble).
+    pub ensemble_members: u32,
     /// The test metrics of what is compared and published.
     pub metrics: Vec<StructureSummary>,
     /// The comparison with the baseline.
@@ -153,10 +155,14 @@ impl RunReport {
             metrics_rows(&mut out, "folds", &self.aggregate);
         }
         if let Some(ensemble) = &self.ensemble {
+            let members = if self.folds.is_empty() {
+                format!("{} networks", self.ensemble_members)
+            } else {
+                format!("the {} fold models", self.ensemble_members)
+            };
             let _ = writeln!(
                 out,
-                "\nEnsemble of the {} fold models on the {} test subjects, mean ± std:",
-                self.folds.len(),
+                "\nEnsemble of {members} on the {} test subjects, mean ± std:",
                 self.test_subjects
             );
             let _ = writeln!(out, "{header}");

@@ -91,6 +91,21 @@ fn read_table(path: &Path) -> Result<MetricsTable, LocalError> {
     MetricsTable::read(path).map_err(|e| LocalError::Data(e.to_string()))
 }
 
+/// Resolves the baseline the spec names, so that a reference to a model, version or alias that
+/// does not exist fails before anything trains.
+pub fn check_baseline(spec: Option<&CompareToSpec>, registry: &Registry) -> Result<(), LocalError> {
+    if let Some(spec) = spec {
+        resolve_baseline(spec, registry)?;
+    }
+    Ok(())
+}
+
+fn resolve_baseline(spec: &CompareToSpec, registry: &Registry) -> Result<u32, LocalError> {
+    registry.resolve(&baseline_reference(spec)).map_err(|e| {
+        LocalError::Config(format!("spec.compareTo: {e} (publish the baseline first)"))
+    })
+}
+
 /// Compares the candidate with the baseline the spec names, from the registry.
 pub fn compare_with_baseline(
     candidate: &Candidate,
@@ -101,9 +116,7 @@ pub fn compare_with_baseline(
         return Ok(None);
     };
     let reference = baseline_reference(spec);
-    let version = registry.resolve(&reference).map_err(|e| {
-        LocalError::Config(format!("spec.compareTo: {e} (publish the baseline first)"))
-    })?;
+    let version = resolve_baseline(spec, registry)?;
     let baseline = read_table(
         &registry
             .version_dir(&spec.model, version)
@@ -198,6 +211,14 @@ pub fn publish(
 
     let promotion = match &spec.promote {
         None => None,
+        // Rerunning an old manifest must not pull an alias back to the version it made then.
+        Some(promote) if matches!(published, Published::Existing(_)) => Some((
+            promote.alias.clone(),
+            Err(format!(
+                "version {version} was published before; an alias moves only when a version is \
+                 first published"
+            )),
+        )),
         Some(promote) => {
             let gated = promote.gated;
             let outcome = registry.move_alias(&spec.model, &promote.alias, version, |holder| {
