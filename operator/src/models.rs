@@ -35,6 +35,31 @@ fn load(registry: &Registry, model: &str, version: u32) -> Result<Model, ShowErr
     })
 }
 
+/// How each file of a published version compares with the digest recorded at publication:
+/// `(path, None)` when it matches, `(path, Some(problem))` when it changed or cannot be read.
+pub fn verify(
+    registry: &Registry,
+    model: &str,
+    version: u32,
+) -> Result<Vec<(String, Option<String>)>, ShowError> {
+    let resource = load(registry, model, version)?;
+    let folder = registry.version_dir(model, version);
+    Ok(resource
+        .spec
+        .artifact
+        .files
+        .iter()
+        .map(|file| {
+            let problem = match crate::digest::digest_file(&folder.join(&file.path)) {
+                Ok((digest, _)) if digest == file.digest => None,
+                Ok((digest, _)) => Some(format!("changed since publication, now {digest}")),
+                Err(e) => Some(format!("unreadable: {e}")),
+            };
+            (file.path.clone(), problem)
+        })
+        .collect())
+}
+
 fn dice_cell(metrics: &[StructureSummary]) -> String {
     metrics
         .iter()
@@ -155,14 +180,12 @@ pub fn show(
         registry.version_dir(&reference.model, version).display()
     );
     let _ = writeln!(out, "Artifact:    {}", spec.artifact.digest);
-    let folder = registry.version_dir(&reference.model, version);
-    for file in &spec.artifact.files {
-        // Each file is hashed again: a version whose files were changed afterwards says so.
-        let check = match crate::digest::digest_file(&folder.join(&file.path)) {
-            Ok((digest, _)) if digest == file.digest => "ok".to_string(),
-            Ok((digest, _)) => format!("CHANGED since publication, now {digest}"),
-            Err(e) => format!("UNREADABLE: {e}"),
-        };
+    // Each file is hashed again: a version whose files were changed afterwards says so.
+    let checks = verify(registry, &reference.model, version)?;
+    for (file, (_, problem)) in spec.artifact.files.iter().zip(&checks) {
+        let check = problem
+            .as_ref()
+            .map_or("ok".to_string(), |p| format!("NOT OK: {p}"));
         let _ = writeln!(
             out,
             "  {:<40} {:>10} bytes  {}  {check}",

@@ -263,6 +263,26 @@ fn the_example_cross_validation_single_model_and_ensemble_run_compare_and_publis
         3,
         "{list}"
     );
+
+    // A published file changed behind the registry's back is reported, and an Ensemble
+    // refuses to use that version.
+    let weights = state.join("registry/hippocampus/versions/2/artifacts/model.safetensors");
+    let mut permissions = std::fs::metadata(&weights).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    std::fs::set_permissions(&weights, permissions).unwrap();
+    std::fs::write(&weights, b"not the published weights").unwrap();
+    let shown = success(voxel(&state).args(["models", "show", "hippocampus:2"]));
+    assert_contains(
+        &String::from_utf8_lossy(&shown.stdout),
+        &["NOT OK: changed since publication"],
+    );
+    let (code, message) = refused(&state, &ensemble);
+    assert_eq!(code, Some(65), "{message}");
+    assert_contains(
+        &message,
+        &["hippocampus:2", "artifacts/model.safetensors", "changed"],
+    );
 }
 
 #[test]

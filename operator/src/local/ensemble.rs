@@ -79,6 +79,19 @@ fn members(
         let version = registry
             .resolve(&reference)
             .map_err(|e| LocalError::Config(format!("spec.members: {e}")))?;
+        // A member is used only as it was published.
+        let changed: Vec<String> = crate::models::verify(registry, &member.model, version)
+            .map_err(|e| LocalError::Config(format!("spec.members: {e}")))?
+            .into_iter()
+            .filter_map(|(path, problem)| problem.map(|p| format!("{path} {p}")))
+            .collect();
+        if !changed.is_empty() {
+            return Err(LocalError::Data(format!(
+                "spec.members: {}:{version} no longer matches its publication: {}",
+                member.model,
+                changed.join("; ")
+            )));
+        }
         let networks = network_dirs(&registry.version_dir(&member.model, version).join(ARTIFACTS))?;
         for (i, dir) in networks.iter().enumerate() {
             names.push(if networks.len() == 1 {
