@@ -5,7 +5,7 @@ SHELL := bash
 ENV := source scripts/env.sh &&
 DEMO_STATE ?= out/demo
 
-.PHONY: setup build test lint demo experiment bench crds clean
+.PHONY: setup build test lint demo experiment bench control-plane crds clean
 
 ## setup: download and assemble LibTorch (CPU) from PyPI
 setup:
@@ -15,10 +15,11 @@ setup:
 build: setup
 	$(ENV) cargo build --workspace --all-targets
 
-## test: run every test (unit, trainer on real MRI, command line, local mode end to end)
+## test: run every test (unit, trainer on real MRI, command line, local mode end to end, the
+## CRDs on a real kube-apiserver built from the Go modules)
 test: setup
 	$(ENV) cargo build --workspace --bins
-	$(ENV) cargo test --workspace --no-fail-fast
+	$(ENV) bash scripts/with-control-plane.sh cargo test --workspace --no-fail-fast
 
 ## lint: formatting and clippy with warnings as errors
 lint: setup
@@ -46,6 +47,12 @@ experiment: setup
 ## bench: UNet3D training step, PyTorch eager against voxel-trainer, side by side
 bench: setup
 	$(ENV) bash bench/train_step.sh
+
+## control-plane: build (or reuse) the test control plane: etcd, kube-apiserver,
+## kube-controller-manager, kube-scheduler, kubectl
+control-plane:
+	bash scripts/control-plane.sh build
+	bash scripts/control-plane.sh tools
 
 ## crds: regenerate the CRDs committed under charts/voxel/crds from the Rust types
 crds: setup

@@ -119,7 +119,8 @@ pub const SPLIT_LEAVES_TRAINING: Rule = Rule {
 
 /// A model name: a DNS-1123 label of at most [`MODEL_NAME_MAX_LENGTH`] characters.
 pub const MODEL_NAME: Rule = Rule {
-    rule: "size(self) <= 50 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+    // The length is the schema's maxLength, which the API server checks before any rule.
+    rule: "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
     message: "must be at most 50 lowercase letters, digits and '-', starting and ending with a \
               letter or digit",
     field_path: None,
@@ -127,7 +128,7 @@ pub const MODEL_NAME: Rule = Rule {
 
 /// An alias: a DNS-1123 label of at most [`ALIAS_MAX_LENGTH`] characters.
 pub const ALIAS_NAME: Rule = Rule {
-    rule: "size(self) <= 63 && self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
+    rule: "self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')",
     message: "must be at most 63 lowercase letters, digits and '-', starting and ending with a \
               letter or digit",
     field_path: None,
@@ -403,12 +404,24 @@ mod tests {
     }
 
     #[test]
-    fn name_rules_state_the_lengths_of_their_constants() {
-        assert!(
-            MODEL_NAME
-                .rule
-                .contains(&format!("<= {MODEL_NAME_MAX_LENGTH} "))
+    fn name_lengths_are_bounded_by_the_schema_where_the_name_rules_apply() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(crate::Experiment::crd()).unwrap();
+        let publish =
+            "/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/publish/properties";
+        let model = crd.pointer(&format!("{publish}/model")).unwrap();
+        assert_eq!(model["maxLength"], MODEL_NAME_MAX_LENGTH);
+        assert_eq!(
+            model["x-kubernetes-validations"][0]["rule"],
+            MODEL_NAME.rule
         );
-        assert!(ALIAS_NAME.rule.contains(&format!("<= {ALIAS_MAX_LENGTH} ")));
+        let alias = crd
+            .pointer(&format!("{publish}/promote/properties/alias"))
+            .unwrap();
+        assert_eq!(alias["maxLength"], ALIAS_MAX_LENGTH);
+        assert_eq!(
+            alias["x-kubernetes-validations"][0]["rule"],
+            ALIAS_NAME.rule
+        );
     }
 }

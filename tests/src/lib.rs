@@ -136,3 +136,129 @@ pub fn write_manifest(dir: &Path, file: &str, manifest: &serde_yaml::Value) -> P
 pub fn yaml(text: &str) -> serde_yaml::Value {
     serde_yaml::from_str(text).expect("valid YAML")
 }
+
+/// The test control plane that `scripts/with-control-plane.sh` started: its admin kubeconfig and
+/// a kubectl. `None` (with a note on stderr) when there is none; with `CI` set a missing control
+/// plane fails the test instead, so that CI never skips the cluster layer silently.
+pub fn control_plane() -> Option<ControlPlane> {
+    match std::env::var_os("VOXEL_TEST_KUBECONFIG") {
+        Some(kubeconfig) => Some(ControlPlane {
+            kubeconfig: PathBuf::from(kubeconfig),
+            kubectl: std::env::var_os("VOXEL_TEST_KUBECTL")
+                .map_or_else(|| PathBuf::from("kubectl"), PathBuf::from),
+        }),
+        None if std::env::var_os("CI").is_some() => panic!(
+            "CI is set but VOXEL_TEST_KUBECONFIG is not: run the tests through \
+             scripts/with-control-plane.sh (make test does)"
+        ),
+        None => {
+            eprintln!(
+                "skipped: no test control plane (VOXEL_TEST_KUBECONFIG unset); `make test` \
+                 starts one when Go is installed"
+            );
+            None
+        }
+    }
+}
+
+/// A running test control plane.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    /// The admin kubeconfig.
+    pub kubeconfig: PathBuf,
+    /// The kubectl executable.
+    pub kubectl: PathBuf,
+}
+
+impl ControlPlane {
+    /// Runs kubectl against the control plane with `stdin` as its input.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(&self.kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.kubectl.display()));
+        let mut input = child.stdin.take().expect("stdin is piped");
+        input
+            .write_all(stdin.unwrap_or("").as_bytes())
+            .expect("kubectl reads its input");
+        drop(input);
+        child.wait_with_output().expect("kubectl ends")
+    }
+
+    /// Runs kubectl and panics with its stderr unless it succeeds.
+    pub fn kubectl_ok(&self, args: &[&str], stdin: Option<&str>) -> String {
+        let output = self.kubectl(args, stdin);
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Installs the CRDs generated from the types (server-side apply, so that every test may
+    /// do it) and waits until the API server serves them.
+    pub fn install_crds(&self) {
+        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/voxel/crds");
+        let crds = crds.display().to_string();
+        self.kubectl_ok(
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=voxel-e2e",
+                "-f",
+                &crds,
+            ],
+            None,
+        );
+        self.kubectl_ok(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "-f",
+                &crds,
+            ],
+            None,
+        );
+    }
+
+    /// Creates a namespace of its own for one test; the namespace controller removes it and
+    /// everything in it when the returned guard drops.
+    pub fn namespace(&self, prefix: &str) -> Namespace {
+        let name = format!(
+            "{prefix}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        );
+        self.kubectl_ok(&["create", "namespace", &name], None);
+        Namespace {
+            control_plane: self.clone(),
+            name,
+        }
+    }
+}
+
+/// A namespace deleted (without waiting) when dropped.
+#[derive(Debug)]
+pub struct Namespace {
+    control_plane: ControlPlane,
+    /// Its name.
+    pub name: String,
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = self
+            .control_plane
+            .kubectl(&["delete", "namespace", &self.name, "--wait=false"], None);
+    }
+}
