@@ -146,8 +146,19 @@ impl MetricsTable {
     }
 
     /// Reads a metrics CSV from any reader; `path` names it in error messages.
-    pub fn from_reader(reader: impl io::Read, path: &Path) -> Result<Self, MetricsTableError> {
-        let mut reader = ReaderBuilder::new().trim(Trim::All).from_reader(reader);
+    pub fn from_reader(mut reader: impl io::Read, path: &Path) -> Result<Self, MetricsTableError> {
+        // CRLF made LF, or the csv reader's line numbers would be one short.
+        let mut bytes = Vec::new();
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(|source| MetricsTableError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let text = String::from_utf8_lossy(&bytes).replace("\r\n", "\n");
+        let mut reader = ReaderBuilder::new()
+            .trim(Trim::All)
+            .from_reader(text.as_bytes());
         let malformed = |error: csv::Error| csv_error(path, error);
 
         let header = reader.headers().map_err(malformed)?.clone();

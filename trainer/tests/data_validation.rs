@@ -177,6 +177,20 @@ fn duplicate_row_names_both_lines() {
 }
 
 #[test]
+fn duplicate_row_in_a_crlf_file_names_both_lines() {
+    // Windows line endings, as the shipped dataset.csv has them.
+    let (dir, ids) = two_subjects();
+    let csv = dir.path().join("dataset.csv");
+    let mut text = std::fs::read_to_string(&csv).unwrap().replace('\n', "\r\n");
+    text += &format!("{},images/{}.nii.gz,mr\r\n", ids[0], ids[0]);
+    std::fs::write(&csv, text).unwrap();
+    assert_mentions(
+        &load_error(dir.path()),
+        &["line 8:", &ids[0], "channel mr twice", "first on line 2)"],
+    );
+}
+
+#[test]
 fn every_problem_of_every_subject_is_reported_at_once() {
     let (dir, ids) = two_subjects();
     std::fs::remove_file(dir.path().join(format!("images/{}.nii.gz", ids[0]))).unwrap();

@@ -52,10 +52,12 @@ pub fn read_rows(csv_path: &Path) -> Result<Vec<DatasetRow>, DatasetError> {
         path: csv_path.to_path_buf(),
         message,
     };
+    let text = std::fs::read(csv_path).map_err(|e| error(e.to_string()))?;
+    // CRLF made LF, or the csv reader's line numbers would be one short (see the trainer's).
+    let text = String::from_utf8_lossy(&text).replace("\r\n", "\n");
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(csv_path)
-        .map_err(|e| error(e.to_string()))?;
+        .from_reader(text.as_bytes());
     let headers = reader.headers().map_err(|e| error(e.to_string()))?.clone();
     let column = |name: &str| {
         headers.iter().position(|h| h == name).ok_or_else(|| {

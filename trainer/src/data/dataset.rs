@@ -46,10 +46,14 @@ impl Dataset {
 /// Reads a dataset CSV, reporting every malformed row at once (with its line number).
 pub fn read_dataset(csv_path: &Path) -> anyhow::Result<Dataset> {
     let shown = csv_path.display();
+    let text = std::fs::read(csv_path)
+        .map_err(|e| bad_data(format!("cannot read dataset CSV {shown}: {e}")))?;
+    // The csv reader counts a CRLF file's lines one short (a record starts at the LF that
+    // ends the line before it), so line endings are made LF first to keep line numbers right.
+    let text = String::from_utf8_lossy(&text).replace("\r\n", "\n");
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(csv_path)
-        .map_err(|e| bad_data(format!("cannot read dataset CSV {shown}: {e}")))?;
+        .from_reader(text.as_bytes());
     let headers = reader
         .headers()
         .map_err(|e| bad_data(format!("dataset CSV {shown}: cannot read the header: {e}")))?
