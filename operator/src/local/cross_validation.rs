@@ -109,11 +109,7 @@ pub fn run(
 ) -> Result<RunReport, LocalError> {
     let name = cv.metadata.name.clone().unwrap_or_default();
     let spec = &cv.spec;
-    let run_dir = options.run_dir("CrossValidation", &name);
-    if options.fresh && run_dir.exists() {
-        std::fs::remove_dir_all(&run_dir).map_err(io_error(&run_dir))?;
-    }
-    std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
+    let run_dir = options.prepare_run_dir("CrossValidation", &name)?;
 
     let root = data_root(&spec.template.data.source, &source.manifest_path)?;
     let csv = root.join(&spec.template.data.dataset);

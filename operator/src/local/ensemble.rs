@@ -113,11 +113,7 @@ pub fn run(
 ) -> Result<RunReport, LocalError> {
     let name = ensemble.metadata.name.clone().unwrap_or_default();
     let spec = &ensemble.spec;
-    let run_dir = options.run_dir("Ensemble", &name);
-    if options.fresh && run_dir.exists() {
-        std::fs::remove_dir_all(&run_dir).map_err(io_error(&run_dir))?;
-    }
-    std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
+    let run_dir = options.prepare_run_dir("Ensemble", &name)?;
     let registry = Registry::new(&options.registry);
     let (member_dirs, member_names) = members(ensemble, options, &registry)?;
     stages::check_baseline(spec.compare_to.as_ref(), &registry)?;

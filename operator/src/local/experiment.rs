@@ -10,7 +10,6 @@ use super::{
     cross_validation::{read_metrics, wait, write_json},
     data_root,
     dataset::{dataset_digest, read_rows},
-    io_error,
     process::{Exit, TrainerProcess},
     progress::RunProgress,
     stages::{self, Candidate, Source},
@@ -25,11 +24,7 @@ pub fn run(
 ) -> Result<RunReport, LocalError> {
     let name = experiment.metadata.name.clone().unwrap_or_default();
     let spec = &experiment.spec;
-    let run_dir = options.run_dir("Experiment", &name);
-    if options.fresh && run_dir.exists() {
-        std::fs::remove_dir_all(&run_dir).map_err(io_error(&run_dir))?;
-    }
-    std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
+    let run_dir = options.prepare_run_dir("Experiment", &name)?;
     let root = data_root(&spec.data.source, &source.manifest_path)?;
     let csv = root.join(&spec.data.dataset);
     let rows = read_rows(&csv)?;

@@ -108,6 +108,23 @@ impl LocalOptions {
             .join(kind.to_ascii_lowercase())
             .join(name)
     }
+
+    /// The run folder of a resource, created if missing and emptied first with `--fresh`.
+    pub(crate) fn prepare_run_dir(&self, kind: &str, name: &str) -> Result<PathBuf, LocalError> {
+        // Manifests are validated before they get here; this guards the removal below.
+        if !voxel_crds::validation::is_subdomain(name) {
+            return Err(LocalError::Config(format!(
+                "metadata.name: {}, found {name:?}",
+                voxel_crds::validation::SUBDOMAIN_MESSAGE
+            )));
+        }
+        let run_dir = self.run_dir(kind, name);
+        if self.fresh && run_dir.exists() {
+            std::fs::remove_dir_all(&run_dir).map_err(io_error(&run_dir))?;
+        }
+        std::fs::create_dir_all(&run_dir).map_err(io_error(&run_dir))?;
+        Ok(run_dir)
+    }
 }
 
 /// Runs a manifest of any runnable kind and returns what it produced.
