@@ -78,6 +78,13 @@ pub const DATA_SOURCE_IMMUTABLE: Rule = Rule {
     field_path: Some(".source"),
 };
 
+/// `spec.artifacts` never changes once set: checkpoints and results live there.
+pub const ARTIFACTS_IMMUTABLE: Rule = Rule {
+    rule: "self == oldSelf",
+    message: IMMUTABLE_MESSAGE,
+    field_path: None,
+};
+
 /// `spec.training.seed` never changes: a resumed run must draw the same random numbers.
 pub const SEED_IMMUTABLE: Rule = Rule {
     rule: "self == oldSelf",
@@ -312,6 +319,9 @@ pub(crate) mod attach {
     }
     pub fn experiment_data(schema: &mut Schema) {
         DATA_SOURCE_IMMUTABLE.attach(schema);
+    }
+    pub fn artifacts(schema: &mut Schema) {
+        ARTIFACTS_IMMUTABLE.attach(schema);
     }
     pub fn training_seed(schema: &mut Schema) {
         SEED_IMMUTABLE.attach(schema);

@@ -21,10 +21,18 @@ pub const CONDITION_COMPARED: &str = "Compared";
 /// `publish`.
 pub const CONDITION_PUBLISHED: &str = "Published";
 
+/// Condition type of an Experiment: `True` while `spec.suspend` holds its trainer back.
+pub const CONDITION_SUSPENDED: &str = "Suspended";
+/// Condition type of an Experiment: `True` when a running trainer finished no epoch within
+/// `spec.progressDeadlineSeconds`; `False` again once it does.
+pub const CONDITION_STALLED: &str = "Stalled";
+
 /// The condition types Voxel sets, in the order they are listed in a status.
-pub const CONDITION_TYPES: [&str; 4] = [
+pub const CONDITION_TYPES: [&str; 6] = [
     CONDITION_RUNNING,
     CONDITION_SUCCEEDED,
+    CONDITION_SUSPENDED,
+    CONDITION_STALLED,
     CONDITION_COMPARED,
     CONDITION_PUBLISHED,
 ];
@@ -66,6 +74,11 @@ pub struct Condition {
 /// The schema of a Kubernetes `Time`: an RFC 3339 timestamp.
 pub(crate) fn time_schema(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "string", "format": "date-time"})
+}
+
+/// The schema of an optional Kubernetes `Time`.
+pub(crate) fn optional_time_schema(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "string", "format": "date-time", "nullable": true})
 }
 
 /// The condition of type `type_`, if set.

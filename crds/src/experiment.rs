@@ -4,14 +4,21 @@
 //! the trainer as a whole manifest. Defaults are declared next to each field with the reason for
 //! them, so that the generated schema and `kubectl explain` show what an omitted field means.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{Affinity, Toleration},
+    apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::Time},
+};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
     cel::attach,
-    common::{CompareToSpec, Condition, PublishSpec, VersionRef, time_schema},
+    common::{
+        CompareToSpec, Condition, PublishSpec, VersionRef, optional_time_schema, time_schema,
+    },
     results::{Comparison, StructureSummary},
 };
 
@@ -88,6 +95,124 @@ pub struct ExperimentSpec {
     /// Publish the trained model as a new version of a registry model when the run succeeds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<PublishSpec>,
+    /// Where trainer pods write checkpoints, weights and results in a cluster. Local mode
+    /// writes under its state folder and ignores this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = attach::artifacts)]
+    pub artifacts: Option<ArtifactStore>,
+    /// Compute resources of each trainer pod.
+    #[serde(default)]
+    pub resources: ResourcesSpec,
+    /// Where trainer pods may run: node selector, tolerations, affinity, priority, spot nodes.
+    #[serde(default)]
+    pub scheduling: SchedulingSpec,
+    /// Failed attempts retried (with exponential back-off from 10 s, capped at 6 min) before
+    /// the Experiment fails, as in a batch/v1 Job. Preempted attempts and permanent trainer
+    /// errors (bad data, bad configuration) do not count: the first resumes, the second fails
+    /// at once.
+    #[serde(default = "default_backoff_limit")]
+    #[schemars(range(max = 100))]
+    pub backoff_limit: u32,
+    /// Seconds the Experiment may be active (counted from its first attempt, suspended time
+    /// included, as in a Job) before it fails with reason `DeadlineExceeded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub active_deadline_seconds: Option<u64>,
+    /// Stop the run: trainer pods are deleted, progress and the last checkpoint are kept, and
+    /// clearing the flag resumes from that checkpoint.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Delete the Experiment this many seconds after it finished (succeeded or failed); kept
+    /// forever when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds_after_finished: Option<u64>,
+    /// Seconds without a finished epoch after which a running trainer is marked `Stalled`
+    /// (the run continues; the condition tells people to look).
+    #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 1))]
+    pub progress_deadline_seconds: u64,
+}
+
+// A few retries ride out a flaky node or a transient storage error without burning GPU hours
+// on a run that fails for a real reason.
+fn default_backoff_limit() -> u32 {
+    3
+}
+
+// Half an hour without an epoch is far beyond any epoch of the shipped examples on one GPU, yet
+// short enough that a hung trainer is noticed within a shift.
+fn default_progress_deadline() -> u64 {
+    1800
+}
+
+/// The storage trainer pods write their artifacts to. Exactly one field is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ArtifactStore {
+    /// A PersistentVolumeClaim mounted read-write into trainer pods; each Experiment writes to
+    /// its own folder `<subPath>/<namespace>/<experiment>/`.
+    pub persistent_volume_claim: PvcSource,
+}
+
+/// Compute resources of a trainer pod.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourcesSpec {
+    /// GPUs requested (and limited to); 0 trains on the CPU.
+    #[serde(default = "default_gpus")]
+    #[schemars(range(max = 16))]
+    pub gpus: u32,
+    /// Extended resource name of a GPU; the operator's `--gpu-resource` (default
+    /// `nvidia.com/gpu`) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub gpu_resource_name: Option<String>,
+    /// CPU requested, as a Kubernetes quantity (`4`, `3500m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<Quantity>,
+    /// Memory requested and limited to, as a Kubernetes quantity (`16Gi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<Quantity>,
+}
+
+fn default_gpus() -> u32 {
+    1
+}
+
+impl Default for ResourcesSpec {
+    fn default() -> Self {
+        Self {
+            gpus: default_gpus(),
+            gpu_resource_name: None,
+            cpu: None,
+            memory: None,
+        }
+    }
+}
+
+/// Where trainer pods may run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SchedulingSpec {
+    /// Labels a node must have, as in a pod's `nodeSelector`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the trainer pods tolerate, as in a pod's `tolerations`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Node and pod affinity, as in a pod's `affinity`; with `spot` the spot-node preference is
+    /// added to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// PriorityClass of the trainer pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Run on preemptible (spot) GPU nodes: adds the tolerations of the spot taints of GKE,
+    /// AKS, EKS and Karpenter and requires a node with one of their spot labels. A reclaimed
+    /// node is then a resumable event, not a failure (that holds without `spot` too).
+    #[serde(default)]
+    pub spot: bool,
 }
 
 /// The learning task.
@@ -594,6 +719,18 @@ pub struct ExperimentStatus {
     /// The `metadata.generation` this status was computed from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Pending, Running, Suspended, Succeeded or Failed: a summary of the conditions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ExperimentPhase>,
+    /// When the first attempt was created (RFC 3339); `activeDeadlineSeconds` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_time_schema")]
+    pub start_time: Option<Time>,
+    /// When the Experiment succeeded or failed (RFC 3339); `ttlSecondsAfterFinished` counts
+    /// from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_time_schema")]
+    pub completion_time: Option<Time>,
     /// Live training progress, scraped from the trainer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<TrainingProgress>,
@@ -625,6 +762,21 @@ pub struct ExperimentStatus {
     pub artifacts: Option<String>,
 }
 
+/// The phase of an Experiment, derived from its conditions.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ExperimentPhase {
+    /// Waiting for a trainer pod to be scheduled, or for the back-off before a retry.
+    Pending,
+    /// A trainer pod is running.
+    Running,
+    /// Stopped by `spec.suspend`; resumes from the last checkpoint when cleared.
+    Suspended,
+    /// Finished with results.
+    Succeeded,
+    /// Failed for good.
+    Failed,
+}
+
 /// Training progress as reported by the trainer after each epoch.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
@@ -645,6 +797,10 @@ pub struct TrainingProgress {
     /// Estimated seconds until training ends, from the pace of the epochs so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_seconds_left: Option<u64>,
+    /// When `epoch` last grew (RFC 3339); `spec.progressDeadlineSeconds` counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_time_schema")]
+    pub last_epoch_time: Option<Time>,
 }
 
 /// One number for one structure.

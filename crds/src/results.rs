@@ -41,7 +41,9 @@ pub struct MetricAggregate {
     /// Sample standard deviation (n - 1) over the finite values; absent with fewer than two.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub std: Option<f64>,
-    /// Number of finite values that entered the mean.
+    /// Number of finite values that entered the mean (absent from a trainer summary cut short
+    /// to fit a termination message).
+    #[serde(default)]
     pub count: u32,
     /// Number of NaN values left out (structure empty in both prediction and ground truth).
     #[serde(default)]

@@ -46,8 +46,10 @@ fn every_field_has_a_description() {
     for crd in crds() {
         let kind = crd.spec.names.kind.clone();
         walk(&schema(&crd), &kind, &mut |path, node| {
-            // The items of a list of strings or numbers are explained by the list's field.
-            let scalar_item = path.ends_with("[]") && node.get("properties").is_none();
+            // The items of a list (or the values of a map) of strings or numbers are explained
+            // by the field that holds them.
+            let scalar_item =
+                (path.ends_with("[]") || path.ends_with("{}")) && node.get("properties").is_none();
             if node.get("description").is_none() && !scalar_item {
                 missing.push(path.to_string());
             }
@@ -65,7 +67,9 @@ fn every_schema_is_structural() {
     for crd in crds() {
         let kind = crd.spec.names.kind.clone();
         walk(&schema(&crd), &kind, &mut |path, node| {
-            if node.get("type").is_none() {
+            // A quantity (`4`, `16Gi`) is the one kind of value allowed to be either type.
+            let int_or_string = node.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+            if node.get("type").is_none() && !int_or_string {
                 problems.push(format!("{path} has no type"));
             }
             for keyword in ["anyOf", "oneOf", "allOf", "not", "$ref"] {

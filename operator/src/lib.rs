@@ -1,7 +1,10 @@
 //! The Voxel operator library: pure decisions shared by the cluster controllers and local mode,
-//! the statistics of baseline comparisons, the local model registry and the local executor.
+//! the cluster controllers (`voxel operator`), the statistics of baseline comparisons, the local
+//! model registry and the local executor.
 
 pub mod aggregate;
+pub mod attempts;
+pub mod cluster;
 pub mod compare;
 pub mod crd_gen;
 pub mod cross_validation;

@@ -82,6 +82,8 @@ enum Command {
         #[command(flatten)]
         state: StateArgs,
     },
+    /// Run the controllers against a Kubernetes cluster: Experiments become trainer pods.
+    Operator(voxel_operator::cluster::OperatorArgs),
     /// Print the CustomResourceDefinitions of the Voxel API, generated from its types.
     Crds {
         /// Write one file per CRD into this folder (for example `charts/voxel/crds`) instead
@@ -145,6 +147,36 @@ fn main() -> ExitCode {
             models_command(&command, &Registry::new(state.registry()))
         }
         Command::Crds { output_dir } => crds(output_dir.as_deref()),
+        Command::Operator(args) => operator(args),
+    }
+}
+
+/// `voxel operator`: structured logs, one JSON object a line when stderr is not a terminal (a
+/// cluster's log pipeline), readable lines on a terminal.
+fn operator(args: voxel_operator::cluster::OperatorArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder.json().init();
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(voxel_operator::cluster::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -4,6 +4,9 @@
 //! The executables are the workspace's own, found beside the test binary
 //! (`target/<profile>/`), so `cargo build --workspace --bins` must have run first; the
 //! Makefile's `test` target does that.
+//!
+//! The cluster tests run against the test control plane of `scripts/with-control-plane.sh`
+//! ([`control_plane`]); [`node`] is the process-backed node that plays its kubelet.
 
 use std::{
     path::{Path, PathBuf},
@@ -11,6 +14,8 @@ use std::{
 };
 
 use sha2::{Digest, Sha256};
+
+pub mod node;
 
 /// A workspace executable, built into the same target folder as the running test.
 pub fn workspace_bin(name: &str) -> PathBuf {
@@ -91,7 +96,7 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 
 /// An example manifest from `examples/hippocampus/`, shrunk so that it trains in seconds: the
 /// shipped subset (`dataset_small.csv`, 40 subjects) with a fifth held out for the test, a narrow
-/// two-level U-Net on 16³ patches, `epochs` epochs, the data folder made absolute. Everything
+/// two-level U-Net on 16³ patches, `epochs` epochs, a local data folder made absolute. Everything
 /// else (kinds, names, folds, seeds, ensembles, comparisons, publication) is the example's own.
 pub fn shrunk_example(name: &str, epochs: u32) -> serde_yaml::Value {
     let path = example_data().join("..").join(name);
@@ -115,7 +120,10 @@ pub fn shrunk_example(name: &str, epochs: u32) -> serde_yaml::Value {
         experiment["training"]["checkpointEveryEpochs"] = 1.into();
     }
     let data = &mut experiment["data"];
-    data["source"]["localPath"] = example_data().display().to_string().into();
+    // A cluster manifest reads its data from a claim, which the test maps to the same folder.
+    if data["source"].get("persistentVolumeClaim").is_none() {
+        data["source"]["localPath"] = example_data().display().to_string().into();
+    }
     data["dataset"] = "dataset_small.csv".into();
     data["split"]["testFraction"] = 0.2.into();
     manifest
@@ -161,6 +169,17 @@ pub fn control_plane() -> Option<ControlPlane> {
     }
 }
 
+/// A client of the test control plane, or `None` when there is none (see [`control_plane`]).
+pub async fn client_from_env() -> Option<kube::Client> {
+    let cluster = control_plane()?;
+    Some(
+        cluster
+            .client()
+            .await
+            .expect("the test control plane's kubeconfig gives a client"),
+    )
+}
+
 /// A running test control plane.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
@@ -171,6 +190,16 @@ pub struct ControlPlane {
 }
 
 impl ControlPlane {
+    /// A Kubernetes client with the admin credentials of the kubeconfig.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        use anyhow::Context as _;
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)
+            .with_context(|| format!("cannot read {}", self.kubeconfig.display()))?;
+        let options = kube::config::KubeConfigOptions::default();
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
     /// Runs kubectl against the control plane with `stdin` as its input.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> Output {
         use std::io::Write;

@@ -20,6 +20,19 @@ pub fn is_permanent_exit(code: i32) -> bool {
     matches!(code, EXIT_USAGE | EXIT_BAD_DATA | EXIT_BAD_CONFIG)
 }
 
+/// A few words naming the class of failure an exit code stands for, as written at the start
+/// of the termination message.
+pub fn exit_class(code: i32) -> &'static str {
+    match code {
+        EXIT_OK => "success",
+        EXIT_TRANSIENT => "retryable failure",
+        EXIT_USAGE => "invalid command line",
+        EXIT_BAD_DATA => "bad data",
+        EXIT_BAD_CONFIG => "bad configuration",
+        _ => "failure",
+    }
+}
+
 /// The class of a permanent failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureClass {

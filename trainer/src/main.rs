@@ -1,6 +1,10 @@
 //! The `voxel-trainer` command line.
 
-use std::{io::IsTerminal, path::PathBuf, process::ExitCode};
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -14,6 +18,8 @@ use voxel_trainer::{
         ensemble::{CombineRule, EnsembleOptions, run_ensemble},
         run_inference,
     },
+    progress_metrics::{self, MetricsServer},
+    termination,
     train::{Outcome, TrainOptions, train},
 };
 
@@ -33,6 +39,15 @@ struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// On exit, write a one-line outcome here (at most 4096 bytes): a Kubernetes termination
+    /// message such as `/dev/termination-log`. On failure it is the error, after its class.
+    #[arg(
+        long,
+        global = true,
+        env = "VOXEL_TERMINATION_LOG",
+        value_name = "PATH"
+    )]
+    termination_log: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -67,6 +82,10 @@ enum Command {
         /// Stop after this epoch's checkpoint, as a preemption would (rerun to resume).
         #[arg(long)]
         stop_after_epoch: Option<u32>,
+        /// Serve live training metrics at `http://HOST:PORT/metrics` while training (port 0
+        /// takes a free port; the log says which).
+        #[arg(long, env = "VOXEL_METRICS_ADDRESS", value_name = "HOST:PORT")]
+        metrics_address: Option<String>,
     },
     /// Predict every subject of a dataset CSV with a trained model.
     Infer {
@@ -123,18 +142,23 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format;
+    let termination_log = cli.termination_log.clone();
     init_logging(format);
-    match run(cli) {
-        Ok(()) => ExitCode::from(EXIT_OK as u8),
+    let (code, message) = match run(cli) {
+        Ok(message) => (EXIT_OK, message),
         Err(e) => {
             let code = exit_code_for(&e);
             match format {
                 LogFormat::Json => error!(exit_code = code, "{e:#}"),
                 LogFormat::Text => eprintln!("error: {e:#}"),
             }
-            ExitCode::from(code as u8)
+            (code, termination::failed(&e))
         }
+    };
+    if let Some(path) = &termination_log {
+        termination::write(path, &message);
     }
+    ExitCode::from(code as u8)
 }
 
 fn init_logging(format: LogFormat) {
@@ -164,36 +188,35 @@ fn device(choice: DeviceChoice) -> anyhow::Result<Device> {
     })
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs the command; its result is the termination message of a success.
+fn run(cli: Cli) -> anyhow::Result<String> {
     if let Some(threads) = cli.threads {
         tch::set_num_threads(threads);
     }
     let device = device(cli.device)?;
-    match cli.command {
+    Ok(match cli.command {
         Command::Train {
             config,
             output,
             data_root,
             stop_after_epoch,
+            metrics_address,
         } => {
             info!(config = %config.display(), output = %output.display(), ?device, "training");
+            // Kept alive until training returns: dropping it stops the endpoint.
+            let server = metrics_address
+                .as_deref()
+                .map(progress_metrics::start)
+                .transpose()?;
             let options = TrainOptions {
                 config,
                 output: output.clone(),
                 data_root,
                 device,
                 stop_after_epoch,
+                metrics: server.as_ref().map(MetricsServer::metrics),
             };
-            match train(&options)? {
-                Outcome::Finished(summary) => {
-                    println!("Test metrics ({} subjects), mean ± std:", summary.subjects);
-                    print!("{}", summary.table());
-                    println!("Results in {}", output.display());
-                }
-                Outcome::Stopped(epoch) => {
-                    println!("Stopped after epoch {epoch}; rerun to resume.")
-                }
-            }
+            report_training(train(&options)?, &output)
         }
         Command::Infer {
             model,
@@ -202,6 +225,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let count = run_inference(&model, &dataset, &output, device)?;
             println!("Predicted {count} subject(s) into {}", output.display());
+            format!("predicted {count} subject(s)")
         }
         Command::Evaluate {
             dataset,
@@ -215,6 +239,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let summary = Summary::of(&rows);
             print!("{}", summary.table());
             println!("Per-subject metrics in {}", output.display());
+            format!("scored {} subject(s)", summary.subjects)
         }
         Command::Ensemble {
             models,
@@ -238,12 +263,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "Predicted {} subject(s) with {} member(s)",
                 outcome.subjects, outcome.members
             );
-            if let Some(summary) = outcome.summary {
+            if let Some(summary) = &outcome.summary {
                 println!("Test metrics ({} subjects), mean ± std:", summary.subjects);
                 print!("{}", summary.table());
             }
             println!("Results in {}", output.display());
+            format!(
+                "predicted {} subject(s) with {} member(s)",
+                outcome.subjects, outcome.members
+            )
+        }
+    })
+}
+
+/// Prints how training ended and returns its termination message.
+fn report_training(outcome: Outcome, output: &Path) -> String {
+    match outcome {
+        Outcome::Finished { epochs, summary } => {
+            println!("Test metrics ({} subjects), mean ± std:", summary.subjects);
+            print!("{}", summary.table());
+            println!("Results in {}", output.display());
+            termination::finished(epochs, &summary)
+        }
+        Outcome::Stopped(epoch) => {
+            println!("Stopped after epoch {epoch}; rerun to resume.");
+            termination::stopped(epoch)
         }
     }
-    Ok(())
 }

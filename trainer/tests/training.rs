@@ -1,16 +1,24 @@
-//! `voxel-trainer` end to end on real MRI with CPU LibTorch: it learns, an interrupted run
-//! resumes to exactly the same result, and `infer` + `evaluate` reproduce the test metrics.
+//! `voxel-trainer` end to end on real MRI with CPU LibTorch: it learns (and says so on its
+//! metrics endpoint), an interrupted run resumes to exactly the same result, `infer` +
+//! `evaluate` reproduce the test metrics, and every ending leaves a termination message.
 
 mod common;
 
 use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Command, Output},
     time::{Duration, Instant},
 };
 
 use common::{copy_subjects, example_subjects, tiny_experiment, trainer_bin};
-use voxel_trainer::{data::volume::read_volume, evaluate::read_metrics_csv, outputs};
+use voxel_trainer::{
+    data::volume::read_volume,
+    evaluate::read_metrics_csv,
+    outputs, progress_metrics,
+    train::{Outcome, TrainOptions},
+};
 
 fn trainer(args: &[&str], extra: &[&Path]) -> Command {
     let mut command = Command::new(trainer_bin());
@@ -53,6 +61,24 @@ fn epoch_metrics_without_time(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The body of `GET /metrics`.
+fn scrape(address: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(address).unwrap();
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+/// The value of the sample `series` (name and labels, as written) in a metrics text.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
 fn column(dir: &Path, name: &str) -> Vec<f64> {
     let text = std::fs::read_to_string(dir.join(outputs::EPOCH_METRICS)).unwrap();
     let mut lines = text.lines();
@@ -74,7 +100,20 @@ fn a_few_epochs_of_training_learn_the_hippocampus() {
         .replace("cropSize: [16, 16, 16]", "cropSize: [24, 32, 24]");
     std::fs::write(&config, text).unwrap();
     let out = dir.path().join("run");
-    train(&config, &out, &[]);
+    // In this process, to read the metrics endpoint after training; one thread, as the
+    // command line runs of the other tests.
+    tch::set_num_threads(1);
+    let server = progress_metrics::start("127.0.0.1:0").unwrap();
+    let options = TrainOptions {
+        config,
+        output: out.clone(),
+        data_root: None,
+        device: tch::Device::cuda_if_available(),
+        stop_after_epoch: None,
+        metrics: Some(server.metrics()),
+    };
+    let outcome = voxel_trainer::train::train(&options).unwrap();
+    assert!(matches!(outcome, Outcome::Finished { epochs: 15, .. }));
 
     let losses = column(&out, "train_loss");
     let dice = column(&out, "validation_dice_posterior");
@@ -94,6 +133,23 @@ fn a_few_epochs_of_training_learn_the_hippocampus() {
     ] {
         assert!(out.join(file).exists(), "{file} missing");
     }
+
+    let metrics = scrape(server.address());
+    assert_eq!(sample(&metrics, "voxel_trainer_epochs_completed"), 15.0);
+    assert_eq!(sample(&metrics, "voxel_trainer_epochs"), 15.0);
+    assert_eq!(sample(&metrics, "voxel_trainer_finished"), 1.0);
+    assert_eq!(
+        sample(&metrics, "voxel_trainer_estimated_seconds_left"),
+        0.0
+    );
+    assert_eq!(sample(&metrics, "voxel_trainer_train_loss"), losses[14]);
+    assert_eq!(
+        sample(
+            &metrics,
+            "voxel_trainer_validation_dice{structure=\"posterior\"}"
+        ),
+        dice[14]
+    );
 }
 
 #[test]
@@ -155,7 +211,17 @@ fn resuming_with_another_configuration_is_refused() {
     let (dir, _) = dataset(4);
     let config = tiny_experiment(dir.path(), 2, "");
     let out = dir.path().join("run");
-    train(&config, &out, &["--stop-after-epoch", "1"]);
+    let log = dir.path().join("termination-log");
+    let log_arg = log.to_str().unwrap();
+    train(
+        &config,
+        &out,
+        &["--stop-after-epoch", "1", "--termination-log", log_arg],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "stopped after epoch 1"
+    );
     let changed = std::fs::read_to_string(&config)
         .unwrap()
         .replace("seed: 3", "seed: 4");
@@ -163,6 +229,7 @@ fn resuming_with_another_configuration_is_refused() {
     let result = trainer(&["train", "--config"], &[&config])
         .arg("--output")
         .arg(&out)
+        .env("VOXEL_TERMINATION_LOG", &log)
         .output()
         .unwrap();
     assert_eq!(
@@ -170,6 +237,12 @@ fn resuming_with_another_configuration_is_refused() {
         Some(voxel_trainer::error::EXIT_BAD_CONFIG)
     );
     assert!(String::from_utf8_lossy(&result.stderr).contains("different configuration"));
+    let message = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        message.starts_with("bad configuration (exit 78): ")
+            && message.contains("different configuration"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -177,7 +250,23 @@ fn infer_and_evaluate_reproduce_the_test_metrics_with_the_input_geometry() {
     let (dir, csv) = dataset(6);
     let config = tiny_experiment(dir.path(), 2, "");
     let run = dir.path().join("run");
-    train(&config, &run, &[]);
+    let log = dir.path().join("termination-log");
+    let trained = train(
+        &config,
+        &run,
+        &[
+            "--metrics-address",
+            "127.0.0.1:0",
+            "--termination-log",
+            log.to_str().unwrap(),
+        ],
+    );
+    assert!(String::from_utf8_lossy(&trained.stderr).contains("serving metrics"));
+    let message = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        message.starts_with("trained 2 epochs; test Dice anterior "),
+        "{message}"
+    );
 
     // A dataset CSV of the test subjects only.
     let split: serde_json::Value =

@@ -28,6 +28,7 @@ impl ExperimentSpec {
         self.validate_model(c, p);
         self.validate_training(c, p);
         self.validate_data(c, p);
+        self.validate_run_policy(c, p);
         if let Some(compare_to) = &self.compare_to {
             compare_to.check(c, &format!("{p}.compareTo"));
         }
@@ -44,6 +45,11 @@ impl ExperimentSpec {
             &cel::DATA_SOURCE_IMMUTABLE,
         );
         c.rule(
+            old.artifacts.is_none() || self.artifacts.is_none() || self.artifacts == old.artifacts,
+            &format!("{p}.artifacts"),
+            &cel::ARTIFACTS_IMMUTABLE,
+        );
+        c.rule(
             self.training.seed == old.training.seed,
             &format!("{p}.training.seed"),
             &cel::SEED_IMMUTABLE,
@@ -52,6 +58,30 @@ impl ExperimentSpec {
             self.model.architecture == old.model.architecture,
             &format!("{p}.model.architecture"),
             &cel::ARCHITECTURE_IMMUTABLE,
+        );
+    }
+
+    /// The bounds of the cluster fields (the schema states the same ones).
+    fn validate_run_policy(&self, c: &mut Collector, p: &str) {
+        c.check(
+            self.backoff_limit <= 100,
+            &format!("{p}.backoffLimit"),
+            || format!("must be at most 100, found {}", self.backoff_limit),
+        );
+        c.check(
+            self.resources.gpus <= 16,
+            &format!("{p}.resources.gpus"),
+            || format!("must be at most 16, found {}", self.resources.gpus),
+        );
+        c.check(
+            self.progress_deadline_seconds >= 1,
+            &format!("{p}.progressDeadlineSeconds"),
+            || "must be at least 1, found 0".into(),
+        );
+        c.check(
+            self.active_deadline_seconds != Some(0),
+            &format!("{p}.activeDeadlineSeconds"),
+            || "must be at least 1, found 0".into(),
         );
     }
 

@@ -8,6 +8,7 @@ pub mod schedule;
 
 use std::{
     path::{Path, PathBuf},
+    sync::Arc,
     time::Instant,
 };
 
@@ -32,6 +33,7 @@ use crate::{
     metrics::dice,
     model::Model,
     outputs,
+    progress_metrics::TrainingMetrics,
     resolve::resolved_dataset_path,
     train::{
         checkpoint::RunState,
@@ -72,13 +74,20 @@ pub struct TrainOptions {
     pub device: Device,
     /// Stop after this epoch's checkpoint as if interrupted (for preemption drills).
     pub stop_after_epoch: Option<u32>,
+    /// Gauges to keep up to date with the run's progress (served by the metrics endpoint).
+    pub metrics: Option<Arc<TrainingMetrics>>,
 }
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// Training finished and the test subjects were scored.
-    Finished(Summary),
+    Finished {
+        /// Epochs of the whole run, including any restored from a checkpoint.
+        epochs: u32,
+        /// The test metrics.
+        summary: Summary,
+    },
     /// Stopped on request after the given epoch; rerunning resumes.
     Stopped(u32),
 }
@@ -171,6 +180,13 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<Outcome> {
     };
 
     let epochs = spec.training.epochs;
+    let restored = state.records.len();
+    let record_progress = |records: &[EpochRecord]| {
+        if let Some(metrics) = &options.metrics {
+            metrics.record_epochs(epochs, &spec.model.structures, records, restored);
+        }
+    };
+    record_progress(&state.records);
     let batch_size = spec.training.batch_size as usize;
     let steps_per_epoch = sampling.len().div_ceil(batch_size) as u64;
     let progress = ProgressBar::new(u64::from(epochs)).with_position(u64::from(state.epoch));
@@ -250,6 +266,7 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<Outcome> {
         if epoch % spec.training.checkpoint_every_epochs == 0 || epoch == epochs {
             checkpoint::save(&checkpoints, &model.vs, &optimizer, &state)?;
         }
+        record_progress(&state.records);
         if options.stop_after_epoch == Some(epoch) && epoch < epochs {
             progress.abandon();
             info!(epoch, "stopping as requested; rerun to resume");
@@ -272,7 +289,10 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<Outcome> {
     write_metrics_csv(&options.output.join(outputs::TEST_METRICS), &rows)?;
     let summary = Summary::of(&rows);
     summary.write(&options.output.join(outputs::SUMMARY))?;
-    Ok(Outcome::Finished(summary))
+    if let Some(metrics) = &options.metrics {
+        metrics.set_finished();
+    }
+    Ok(Outcome::Finished { epochs, summary })
 }
 
 /// Predicts every subject, writes its masks under `folder`, and scores it.

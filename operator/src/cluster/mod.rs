@@ -1,0 +1,271 @@
+//! `voxel operator`: the controllers that run Voxel's resources on a Kubernetes cluster.
+//!
+//! The process serves `/metrics`, `/healthz` and `/readyz` from the start, waits to hold the
+//! leader Lease (when leader election is on), then runs the controllers until SIGTERM or
+//! Ctrl-C, when it finishes the reconciles in flight and releases the Lease.
+
+pub mod children;
+pub mod experiment;
+pub mod metrics;
+pub mod observe;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use kube::{Client, runtime::events::Reporter};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use self::{children::Settings, experiment::Context, metrics::OperatorMetrics};
+
+/// The field manager of everything the operator writes with server-side apply.
+pub const FIELD_MANAGER: &str = "voxel-operator";
+
+/// Seconds a leader's Lease stays valid without renewal: a standby takes over at most this
+/// long after the leader died.
+const LEASE_DURATION_S: u64 = 15;
+/// Seconds before expiry that the leader renews.
+const LEASE_GRACE_S: u64 = 5;
+
+/// Arguments of `voxel operator`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OperatorArgs {
+    /// Watch this namespace only (default: every namespace).
+    #[arg(long, env = "VOXEL_WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Image of the trainer pods.
+    #[arg(
+        long,
+        env = "VOXEL_TRAINER_IMAGE",
+        default_value = "ghcr.io/voxel-dev/voxel-trainer:0.1.0"
+    )]
+    pub trainer_image: String,
+    /// Image pull policy of the trainer pods (default: the cluster's, `IfNotPresent` for a tag).
+    #[arg(long, env = "VOXEL_TRAINER_IMAGE_PULL_POLICY")]
+    pub trainer_image_pull_policy: Option<String>,
+    /// Extended resource name of a GPU for Experiments that name none.
+    #[arg(long, env = "VOXEL_GPU_RESOURCE", default_value = "nvidia.com/gpu")]
+    pub gpu_resource: String,
+    /// PersistentVolumeClaim (in each Experiment's namespace) for Experiments without
+    /// `spec.artifacts`.
+    #[arg(long, env = "VOXEL_ARTIFACTS_CLAIM")]
+    pub artifacts_claim: Option<String>,
+    /// The trainer's `--device` in every pod instead of `cuda` with GPUs and `cpu` without
+    /// (`auto` lets it fall back to the CPU; for test clusters).
+    #[arg(long, env = "VOXEL_TRAINER_DEVICE")]
+    pub trainer_device: Option<String>,
+    /// Address of the metrics and health endpoints.
+    #[arg(long, env = "VOXEL_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    pub metrics_address: SocketAddr,
+    /// Hold a Lease before reconciling, so that only one of several replicas acts.
+    #[arg(long, env = "VOXEL_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "voxel-operator")]
+    pub lease_name: String,
+    /// Namespace of the leader Lease (default: `POD_NAMESPACE`, else the watched namespace,
+    /// else `default`).
+    #[arg(long, env = "VOXEL_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Seconds between scrapes of a running trainer's metrics.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub scrape_interval: u64,
+    /// This replica's identity in the Lease and in Events (default: `POD_NAME`, else the host
+    /// name and process id).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+/// What the health endpoints report.
+#[derive(Clone)]
+struct Health {
+    metrics: Arc<OperatorMetrics>,
+    ready: Arc<AtomicBool>,
+}
+
+/// Runs the operator until a termination signal.
+pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let metrics = Arc::new(OperatorMetrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.metrics_address)
+        .await
+        .with_context(|| format!("--metrics-address {}: cannot listen", args.metrics_address))?;
+    info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let app = Router::new()
+                .route("/metrics", get(serve_metrics))
+                .route("/healthz", get(|| async { "ok" }))
+                .route("/readyz", get(serve_ready))
+                .with_state(health);
+            let shutdown = async move {
+                let _ = stop.wait_for(|s| *s).await;
+            };
+            if let Err(error) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                warn!(%error, "the metrics server stopped");
+            }
+        })
+    };
+
+    let identity = args.identity.clone().unwrap_or_else(default_identity);
+    let settings = Settings {
+        trainer_image: args.trainer_image.clone(),
+        gpu_resource: args.gpu_resource.clone(),
+        default_artifacts_claim: args.artifacts_claim.clone(),
+        image_pull_policy: args.trainer_image_pull_policy.clone(),
+        trainer_device: args.trainer_device.clone(),
+    };
+    let reporter = Reporter {
+        controller: FIELD_MANAGER.into(),
+        instance: Some(identity.clone()),
+    };
+    let context = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        metrics,
+        reporter,
+        Duration::from_secs(args.scrape_interval),
+    ));
+
+    // A signal stops waiting for the Lease as well as the controllers.
+    let signal_tx = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("termination signal; finishing the reconciles in flight");
+        let _ = signal_tx.send(true);
+    });
+
+    let lease = if args.leader_elect {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| args.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&namespace)
+            .with_identity(&identity)
+            .with_field_manager(format!("{FIELD_MANAGER}-lease"))
+            .with_duration(LEASE_DURATION_S)
+            .with_grace(LEASE_GRACE_S)
+            .build()
+            .await
+            .with_context(|| format!("cannot use the Lease {namespace}/{}", args.lease_name))?;
+        let (mut leader, task) = manager.watch().await;
+        // Standing by is healthy and ready: a standby replica must not be restarted.
+        ready.store(true, Ordering::Relaxed);
+        info!(
+            identity,
+            lease = args.lease_name,
+            namespace,
+            "waiting to lead"
+        );
+        let mut stop = stop_rx.clone();
+        let stopped = tokio::select! {
+            led = leader.wait_for(|l| *l) => {
+                led.context("the Lease manager stopped")?;
+                false
+            }
+            _ = stop.wait_for(|s| *s) => true,
+        };
+        if stopped {
+            drop(leader);
+            let _ = task.await;
+            let _ = stop_tx.send(true);
+            let _ = server.await;
+            return Ok(());
+        }
+        info!(identity, "leading");
+        Some((leader, task))
+    } else {
+        None
+    };
+    ready.store(true, Ordering::Relaxed);
+
+    // Losing the Lease stops the controllers as a signal does: another replica leads now.
+    let mut stop = stop_rx.clone();
+    let lost = lease.as_ref().map(|(leader, _)| leader.clone());
+    let shutdown = async move {
+        match lost {
+            Some(mut leader) => {
+                tokio::select! {
+                    _ = leader.wait_for(|l| !*l) => warn!("lost the leader Lease; stopping"),
+                    _ = stop.wait_for(|s| *s) => {}
+                }
+            }
+            None => {
+                let _ = stop.wait_for(|s| *s).await;
+            }
+        }
+    };
+    experiment::run(context, args.namespace.as_deref(), shutdown).await;
+
+    if let Some((leader, task)) = lease {
+        // Closing the channel makes the manager release the Lease for the next leader.
+        drop(leader);
+        match task.await {
+            Ok(Ok(_)) => info!("released the leader Lease"),
+            Ok(Err(error)) => warn!(%error, "cannot release the leader Lease"),
+            Err(error) => warn!(%error, "the Lease task failed"),
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn serve_metrics(State(health): State<Health>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        health.metrics.encode(),
+    )
+}
+
+async fn serve_ready(State(health): State<Health>) -> impl IntoResponse {
+    if health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting")
+    }
+}
+
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "voxel".into());
+    format!("{host}-{}", std::process::id())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

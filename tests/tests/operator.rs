@@ -1,0 +1,631 @@
+//! `voxel operator` against the real test control plane: Experiments from `examples/` become
+//! trainer pods that the process-backed test node runs with the real `voxel-trainer`, on the
+//! shipped MRI. Each test has a namespace, a node and an operator process of its own, and waits
+//! on the Experiment's status, never on fixed sleeps (except the one minute of watching an idle
+//! operator, which is the point of that test).
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Pod, ServiceAccount};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams},
+    runtime::wait::await_condition,
+};
+use voxel_crds::{
+    Experiment,
+    experiment::{ExperimentPhase, ExperimentStatus},
+};
+use voxel_e2e::{
+    ControlPlane, Namespace, control_plane, example_data,
+    node::{self, NodeOptions, TestNode},
+    read_json, shrunk_example, workspace_bin,
+};
+
+/// The most a shrunk example may take to train and evaluate, with other tests training at the
+/// same time on two cores.
+const TRAINING_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The claims of the cluster example.
+const DATA_CLAIM: &str = "hippocampus-mri";
+const ARTIFACTS_CLAIM: &str = "voxel-artifacts";
+
+/// One test's cluster: a namespace, a GPU spot node running pods as processes, the example's
+/// two claims bound to host folders, and an operator watching the namespace.
+struct Cluster {
+    control_plane: ControlPlane,
+    namespace: Namespace,
+    client: Client,
+    node: Option<TestNode>,
+    operator: Option<Child>,
+    tmp: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(prefix: &str, gpus: u32) -> Option<Cluster> {
+        let control_plane = control_plane()?;
+        control_plane.install_crds();
+        let namespace = control_plane.namespace(prefix);
+        let client = control_plane.client().await.expect("a client");
+        let tmp = tempfile::tempdir().expect("a temporary folder");
+        let ns = namespace.name.clone();
+        let artifacts = tmp.path().join("artifacts");
+        std::fs::create_dir(&artifacts).unwrap();
+        node::bind_claim(&client, &ns, DATA_CLAIM, &example_data())
+            .await
+            .unwrap();
+        node::bind_claim(&client, &ns, ARTIFACTS_CLAIM, &artifacts)
+            .await
+            .unwrap();
+        let mut options = NodeOptions::new(ns.clone(), tmp.path().join("sandboxes"));
+        options.gpus = gpus;
+        options.spot = true;
+        options
+            .commands
+            .insert("voxel-trainer".into(), workspace_bin("voxel-trainer"));
+        let node = TestNode::start(client.clone(), options).await.unwrap();
+        // Pods are refused until the serviceaccount controller made the default account.
+        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &ns);
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(accounts, "default", |a: Option<&ServiceAccount>| {
+                a.is_some()
+            }),
+        )
+        .await
+        .expect("the default service account appears")
+        .unwrap();
+        let mut cluster = Cluster {
+            control_plane,
+            namespace,
+            client,
+            node: Some(node),
+            operator: None,
+            tmp,
+        };
+        cluster.start_operator();
+        Some(cluster)
+    }
+
+    fn ns(&self) -> &str {
+        &self.namespace.name
+    }
+
+    fn node(&self) -> &TestNode {
+        self.node.as_ref().expect("the node runs")
+    }
+
+    /// Starts `voxel operator` for this namespace, its log appended to `operator.log`.
+    fn start_operator(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.tmp.path().join("operator.log"))
+            .unwrap();
+        let child = Command::new(workspace_bin("voxel"))
+            .args([
+                "operator",
+                "--namespace",
+                self.ns(),
+                "--leader-elect=false",
+                "--metrics-address",
+                "127.0.0.1:0",
+                "--trainer-image",
+                "voxel-trainer:test",
+                "--trainer-device",
+                "auto",
+                "--scrape-interval",
+                "1",
+            ])
+            .env("KUBECONFIG", &self.control_plane.kubeconfig)
+            .env("RUST_LOG", "info,voxel_operator=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("voxel operator starts");
+        self.operator = Some(child);
+    }
+
+    /// Kills the operator at once, as a crashed process or a lost node would.
+    fn kill_operator(&mut self) {
+        if let Some(mut child) = self.operator.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn operator_log(&self) -> String {
+        std::fs::read_to_string(self.tmp.path().join("operator.log")).unwrap_or_default()
+    }
+
+    /// The cluster example, shrunk to train in seconds, named `name`, placed on this test's
+    /// node (its nodeSelector and toleration next to the example's spot setting).
+    fn example(&self, name: &str, epochs: u32) -> serde_yaml::Value {
+        let mut manifest = shrunk_example("experiment-cluster.yaml", epochs);
+        manifest["metadata"]["name"] = name.into();
+        let (selector, tolerations) = self.node().pod_placement();
+        let scheduling = &mut manifest["spec"]["scheduling"];
+        scheduling["nodeSelector"] = serde_yaml::to_value(selector).unwrap();
+        scheduling["tolerations"] = serde_yaml::to_value(tolerations).unwrap();
+        // The test node has 16 "CPUs" and 64Gi: the example's requests fit.
+        manifest
+    }
+
+    fn apply(&self, manifest: &serde_yaml::Value) {
+        let text = serde_yaml::to_string(manifest).unwrap();
+        self.control_plane
+            .kubectl_ok(&["apply", "-n", self.ns(), "-f", "-"], Some(&text));
+    }
+
+    fn experiments(&self) -> Api<Experiment> {
+        Api::namespaced(self.client.clone(), self.ns())
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), self.ns())
+    }
+
+    /// Waits until the Experiment's status satisfies `condition`; panics with the status and the
+    /// operator's log otherwise.
+    async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        limit: Duration,
+        condition: impl Fn(&ExperimentStatus) -> bool + Send + 'static,
+    ) -> Experiment {
+        let matches =
+            move |e: Option<&Experiment>| e.and_then(|e| e.status.as_ref()).is_some_and(&condition);
+        let waited =
+            tokio::time::timeout(limit, await_condition(self.experiments(), name, matches)).await;
+        match waited {
+            Ok(Ok(Some(experiment))) => experiment,
+            other => {
+                let now = self.experiments().get_opt(name).await;
+                panic!(
+                    "Experiment {name}: not {what} within {limit:?} ({other:?}); status now \
+                     {:#?}\noperator log:\n{}",
+                    now.ok().flatten().and_then(|e| e.status),
+                    tail(&self.operator_log(), 6000)
+                )
+            }
+        }
+    }
+
+    async fn wait_finished(&self, name: &str) -> Experiment {
+        self.wait_for(name, "finished", TRAINING_TIMEOUT, |s| {
+            matches!(
+                s.phase,
+                Some(ExperimentPhase::Succeeded | ExperimentPhase::Failed)
+            )
+        })
+        .await
+    }
+
+    /// The trainer's own summary of an Experiment's run, from the artifact claim.
+    fn summary(&self, name: &str) -> serde_json::Value {
+        let dir = self.artifact_dir(name);
+        read_json(&dir.join("summary.json"))
+    }
+
+    fn artifact_dir(&self, name: &str) -> PathBuf {
+        self.tmp
+            .path()
+            .join("artifacts/experiments")
+            .join(self.ns())
+            .join(name)
+    }
+
+    /// The trainer pods of an Experiment.
+    async fn trainer_pods(&self, name: &str) -> Vec<Pod> {
+        let selector = format!("voxel.dev/experiment={name}");
+        self.pods()
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// Reasons of the Events about an Experiment, oldest first.
+    async fn event_reasons(&self, name: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), self.ns());
+        let mut items = events.list(&ListParams::default()).await.unwrap().items;
+        items.retain(|e| e.involved_object.name.as_deref() == Some(name));
+        items.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+        items.into_iter().filter_map(|e| e.reason).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_operator();
+        if std::thread::panicking() {
+            eprintln!("operator log:\n{}", tail(&self.operator_log(), 8000));
+        }
+        // The node kills its processes when dropped; its Node object is left, like the
+        // namespace's PersistentVolumes.
+        self.node.take();
+    }
+}
+
+fn tail(text: &str, max: usize) -> &str {
+    let start = text.len().saturating_sub(max);
+    let start = (start..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    &text[start..]
+}
+
+/// The test metrics in a status, as `structure → metric → mean`.
+fn status_means(status: &ExperimentStatus) -> BTreeMap<String, BTreeMap<String, Option<f64>>> {
+    let value = serde_json::to_value(&status.metrics).unwrap();
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|structure| {
+            let name = structure["structure"].as_str().unwrap().to_string();
+            let means = structure
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(_, v)| v.is_object())
+                .map(|(metric, v)| (metric.clone(), v["mean"].as_f64()))
+                .collect();
+            (name, means)
+        })
+        .collect()
+}
+
+/// The means of the trainer's summary.json, keyed as [`status_means`] keys them (the status
+/// names metrics in camelCase).
+fn summary_means(summary: &serde_json::Value) -> BTreeMap<String, BTreeMap<String, Option<f64>>> {
+    summary["structures"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(structure, metrics)| {
+            let means = metrics
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(metric, a)| (camel_case(metric), a["mean"].as_f64()))
+                .collect();
+            (structure.clone(), means)
+        })
+        .collect()
+}
+
+fn camel_case(snake: &str) -> String {
+    let mut out = String::new();
+    let mut upper = false;
+    for c in snake.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_example_experiment_succeeds_with_its_metrics_in_status_and_then_writes_nothing() {
+    let Some(cluster) = Cluster::start("op-success", 1).await else {
+        return;
+    };
+    let name = "hippocampus";
+    cluster.apply(&cluster.example(name, 3));
+
+    let done = cluster.wait_finished(name).await;
+    let status = done.status.clone().unwrap();
+    assert_eq!(
+        status.phase,
+        Some(ExperimentPhase::Succeeded),
+        "{status:#?}"
+    );
+    assert_eq!(status.attempts.len(), 1, "{:#?}", status.attempts);
+    let attempt = &status.attempts[0];
+    assert_eq!(attempt.pod, "hippocampus-attempt-1");
+    assert_eq!(
+        (attempt.exit_code, attempt.reason.as_deref()),
+        (Some(0), Some("Completed"))
+    );
+    assert_eq!((status.preemptions, status.retries), (0, 0));
+    // The metrics in status are the trainer's own summary of the test subjects.
+    let summary = cluster.summary(name);
+    assert_eq!(status_means(&status), summary_means(&summary));
+    assert_eq!(status.metrics.len(), 2);
+    assert!(
+        status.mean_dice.is_some_and(|d| d > 0.0 && d <= 1.0),
+        "{:?}",
+        status.mean_dice
+    );
+    assert_eq!(
+        status.artifacts.as_deref(),
+        Some(
+            format!(
+                "pvc://{ARTIFACTS_CLAIM}/experiments/{}/{name}",
+                cluster.ns()
+            )
+            .as_str()
+        )
+    );
+    // The real trainer ran on the node, and the operator scraped its progress.
+    assert_eq!(
+        cluster.node().pods_started(),
+        vec![format!("{}/hippocampus-attempt-1", cluster.ns())]
+    );
+    let progress = status
+        .progress
+        .clone()
+        .expect("progress scraped from the trainer");
+    assert_eq!((progress.epoch, progress.epochs), (3, 3), "{progress:?}");
+    assert!(
+        progress.train_loss.is_some() && progress.validation_dice.len() == 2,
+        "{progress:?}"
+    );
+
+    let pod = cluster.pods().get("hippocampus-attempt-1").await.unwrap();
+    let owner = &pod.owner_references()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("Experiment", done.uid().unwrap().as_str())
+    );
+    let spec = pod.spec.clone().unwrap();
+    assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+    let gpu = spec.containers[0]
+        .resources
+        .clone()
+        .unwrap()
+        .limits
+        .unwrap();
+    assert_eq!(gpu["nvidia.com/gpu"].0, "1");
+    let reasons = cluster.event_reasons(name).await;
+    assert!(
+        reasons.contains(&"Started".into()) && reasons.contains(&"Completed".into()),
+        "{reasons:?}"
+    );
+
+    // Converged: for a minute the operator writes nothing (it still reconciles on resyncs
+    // and would write if it thought something changed).
+    let versions = |c: &Cluster| {
+        let client = c.client.clone();
+        let ns = c.ns().to_string();
+        async move {
+            let mut seen = BTreeMap::new();
+            let experiments: Api<Experiment> = Api::namespaced(client.clone(), &ns);
+            for e in experiments.list(&ListParams::default()).await.unwrap() {
+                seen.insert(format!("experiment/{}", e.name_any()), e.resource_version());
+            }
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+            for p in pods.list(&ListParams::default()).await.unwrap() {
+                seen.insert(format!("pod/{}", p.name_any()), p.resource_version());
+            }
+            let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+            for m in maps.list(&ListParams::default()).await.unwrap() {
+                seen.insert(format!("configmap/{}", m.name_any()), m.resource_version());
+            }
+            let events: Api<Event> = Api::namespaced(client, &ns);
+            for e in events.list(&ListParams::default()).await.unwrap() {
+                seen.insert(format!("event/{}", e.name_any()), e.resource_version());
+            }
+            seen
+        }
+    };
+    let before = versions(&cluster).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after = versions(&cluster).await;
+    assert_eq!(before, after, "the idle operator wrote something");
+}
+
+#[tokio::test]
+async fn a_pod_preempted_mid_run_resumes_from_its_checkpoint_to_the_undisturbed_result() {
+    let Some(cluster) = Cluster::start("op-preempt", 2).await else {
+        return;
+    };
+    let epochs = 4;
+    cluster.apply(&cluster.example("undisturbed", epochs));
+    cluster.apply(&cluster.example("preempted", epochs));
+
+    // Preempt once the trainer has checkpointed two epochs (the operator scrapes its progress).
+    cluster
+        .wait_for("preempted", "past epoch 2", TRAINING_TIMEOUT, |s| {
+            s.progress.as_ref().is_some_and(|p| p.epoch >= 2)
+        })
+        .await;
+    cluster
+        .node()
+        .preempt(cluster.ns(), "preempted-attempt-1")
+        .await
+        .unwrap();
+
+    let preempted = cluster.wait_finished("preempted").await.status.unwrap();
+    let undisturbed = cluster.wait_finished("undisturbed").await.status.unwrap();
+    assert_eq!(
+        preempted.phase,
+        Some(ExperimentPhase::Succeeded),
+        "{preempted:#?}"
+    );
+    assert_eq!(
+        undisturbed.phase,
+        Some(ExperimentPhase::Succeeded),
+        "{undisturbed:#?}"
+    );
+    let reasons: Vec<_> = preempted
+        .attempts
+        .iter()
+        .map(|a| a.reason.clone())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            Some(node::PREEMPTION_REASON.to_string()),
+            Some("Completed".into())
+        ],
+        "{:#?}",
+        preempted.attempts
+    );
+    assert_eq!(preempted.attempts[0].exit_code, Some(143));
+    assert_eq!((preempted.preemptions, preempted.retries), (1, 0));
+    // The second attempt resumed from the checkpoint instead of starting over.
+    let log = std::fs::read_to_string(
+        cluster
+            .node()
+            .sandbox_dir(cluster.ns(), "preempted-attempt-2")
+            .join("trainer.stderr"),
+    )
+    .unwrap_or_default();
+    assert!(
+        log.contains("resum"),
+        "attempt 2 did not resume:\n{}",
+        tail(&log, 3000)
+    );
+    assert_eq!(status_means(&preempted), status_means(&undisturbed));
+    assert_eq!(cluster.summary("preempted"), cluster.summary("undisturbed"));
+    let reasons = cluster.event_reasons("preempted").await;
+    assert!(reasons.contains(&"Preempted".into()), "{reasons:?}");
+}
+
+#[tokio::test]
+async fn an_operator_killed_mid_run_and_restarted_makes_no_second_pod_and_loses_nothing() {
+    let Some(mut cluster) = Cluster::start("op-restart", 1).await else {
+        return;
+    };
+    let name = "restarted";
+    cluster.apply(&cluster.example(name, 3));
+    cluster
+        .wait_for(name, "training", TRAINING_TIMEOUT, |s| {
+            s.progress.as_ref().is_some_and(|p| p.epoch >= 1)
+        })
+        .await;
+    cluster.kill_operator();
+    cluster.start_operator();
+
+    let done = cluster.wait_finished(name).await.status.unwrap();
+    assert_eq!(done.phase, Some(ExperimentPhase::Succeeded), "{done:#?}");
+    assert_eq!(done.attempts.len(), 1, "{:#?}", done.attempts);
+    assert_eq!((done.preemptions, done.retries), (0, 0));
+    let pods = cluster.trainer_pods(name).await;
+    assert_eq!(
+        pods.len(),
+        1,
+        "{:?}",
+        pods.iter().map(|p| p.name_any()).collect::<Vec<_>>()
+    );
+    assert_eq!(cluster.node().pods_started().len(), 1);
+    assert_eq!(status_means(&done), summary_means(&cluster.summary(name)));
+}
+
+#[tokio::test]
+async fn a_permanent_trainer_error_fails_at_once_and_deleting_removes_the_children() {
+    let Some(cluster) = Cluster::start("op-permanent", 1).await else {
+        return;
+    };
+    let name = "no-such-dataset";
+    let mut manifest = cluster.example(name, 2);
+    manifest["spec"]["data"]["dataset"] = "missing.csv".into();
+    cluster.apply(&manifest);
+
+    let failed = cluster.wait_finished(name).await;
+    let status = failed.status.clone().unwrap();
+    assert_eq!(status.phase, Some(ExperimentPhase::Failed), "{status:#?}");
+    assert_eq!(status.attempts.len(), 1, "no retry: {:#?}", status.attempts);
+    assert_eq!(status.retries, 0);
+    let attempt = &status.attempts[0];
+    assert!(matches!(attempt.exit_code, Some(65 | 78)), "{attempt:?}");
+    let succeeded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
+        .unwrap();
+    assert!(
+        succeeded.message.contains("missing.csv"),
+        "the trainer's message names the file: {succeeded:?}"
+    );
+    assert_eq!(cluster.node().pods_started().len(), 1);
+
+    // Deleting the Experiment deletes its pod and ConfigMap (owner references, garbage
+    // collector).
+    let maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), cluster.ns());
+    assert!(
+        maps.get_opt(&format!("{name}-config"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    cluster
+        .experiments()
+        .delete(name, &DeleteParams::background())
+        .await
+        .unwrap();
+    let gone = async {
+        loop {
+            let pods = cluster.trainer_pods(name).await;
+            let map = maps.get_opt(&format!("{name}-config")).await.unwrap();
+            if pods.is_empty() && map.is_none() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), gone)
+        .await
+        .expect("the garbage collector removes the pod and the ConfigMap");
+}
+
+#[tokio::test]
+async fn an_invalid_experiment_is_rejected_at_a_server_dry_run_with_the_schema_message() {
+    let Some(control_plane) = control_plane() else {
+        return;
+    };
+    control_plane.install_crds();
+    let namespace = control_plane.namespace("op-invalid");
+    let mut manifest = shrunk_example("experiment-cluster.yaml", 2);
+    manifest["spec"]["backoffLimit"] = 101.into();
+    manifest["spec"]["resources"]["gpus"] = 17.into();
+    let text = serde_yaml::to_string(&manifest).unwrap();
+    let output = control_plane.kubectl(
+        &[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            &namespace.name,
+            "-f",
+            "-",
+        ],
+        Some(&text),
+    );
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("spec.backoffLimit: Invalid value: 101: spec.backoffLimit in body should be less than or equal to 100"), "{stderr}");
+    assert!(stderr.contains("spec.resources.gpus"), "{stderr}");
+
+    // The example as shipped passes the same dry run.
+    let shipped =
+        std::fs::read_to_string(example_data().join("../experiment-cluster.yaml")).unwrap();
+    let output = control_plane.kubectl(
+        &[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            &namespace.name,
+            "-f",
+            "-",
+        ],
+        Some(&shipped),
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
