@@ -161,8 +161,11 @@ certificates() {
     -extfile apiserver.ext -out apiserver.crt 2>/dev/null
   openssl req -newkey rsa:2048 -nodes -subj "/O=system:masters/CN=voxel-test-admin" \
     -keyout admin.key -out admin.csr 2>/dev/null
+  # Extensions make it an X.509 v3 certificate, which rustls (the operator's TLS) requires.
+  printf 'basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' \
+    >admin.ext
   openssl x509 -req -in admin.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-    -out admin.crt 2>/dev/null
+    -extfile admin.ext -out admin.crt 2>/dev/null
   openssl genrsa -out sa.key 2048 2>/dev/null
   openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
   cd - >/dev/null

@@ -110,10 +110,16 @@ impl AttemptEnd {
 /// How the pod of an attempt ended, or `None` while it may still run.
 ///
 /// A disruption wins over the exit code: a reclaimed node SIGTERMs the trainer, which then exits
-/// non-zero, and that is a preemption, not a failure of the run.
+/// non-zero, and that is a preemption, not a failure of the run. It ends the attempt once the
+/// trainer has exited (or never started, or its node is gone), so that two trainers never
+/// write the same checkpoint folder.
 pub fn classify(pod: &PodObservation) -> Option<AttemptEnd> {
+    // A disrupted trainer that still runs is in its grace period, perhaps writing a
+    // checkpoint: the next attempt waits for it to exit, unless its node is gone.
+    let still_running = matches!(pod.phase, PodPhase::Running | PodPhase::Unknown);
     if let Some((reason, _)) = &pod.disruption
         && pod.phase != PodPhase::Succeeded
+        && (!still_running || pod.node_lost)
     {
         let reason = if reason.is_empty() {
             "Preempted"
@@ -951,8 +957,21 @@ status:
                 preempted("TerminationByKubelet"),
             ),
             (
-                "disrupted while still running",
+                "disrupted, still in its grace period",
                 disrupted(PodPhase::Running),
+                None,
+            ),
+            (
+                "disrupted before it started",
+                disrupted(PodPhase::Pending),
+                preempted("TerminationByKubelet"),
+            ),
+            (
+                "disrupted on a lost node",
+                PodObservation {
+                    node_lost: true,
+                    ..disrupted(PodPhase::Running)
+                },
                 preempted("TerminationByKubelet"),
             ),
             (

@@ -63,7 +63,8 @@ pub fn success(command: &mut Command) -> Output {
 /// The example data folder (real hippocampus MRI, see `examples/hippocampus/data/README.md`).
 pub fn example_data() -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/hippocampus/data");
-    std::path::absolute(&path).expect("the example folder has an absolute path")
+    // Canonical: a PersistentVolume's hostPath must not contain `..`.
+    std::fs::canonicalize(&path).expect("the example folder exists")
 }
 
 /// The subjects of a dataset CSV, sorted.

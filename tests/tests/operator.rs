@@ -19,6 +19,7 @@ use kube::{
 };
 use voxel_crds::{
     Experiment,
+    common::ConditionStatus,
     experiment::{ExperimentPhase, ExperimentStatus},
 };
 use voxel_e2e::{
@@ -48,6 +49,13 @@ struct Cluster {
 
 impl Cluster {
     async fn start(prefix: &str, gpus: u32) -> Option<Cluster> {
+        let mut cluster = Self::without_operator(prefix, gpus).await?;
+        cluster.start_operator();
+        Some(cluster)
+    }
+
+    /// The cluster of [`Cluster::start`] before any operator runs.
+    async fn without_operator(prefix: &str, gpus: u32) -> Option<Cluster> {
         let control_plane = control_plane()?;
         control_plane.install_crds();
         let namespace = control_plane.namespace(prefix);
@@ -80,16 +88,14 @@ impl Cluster {
         .await
         .expect("the default service account appears")
         .unwrap();
-        let mut cluster = Cluster {
+        Some(Cluster {
             control_plane,
             namespace,
             client,
             node: Some(node),
             operator: None,
             tmp,
-        };
-        cluster.start_operator();
-        Some(cluster)
+        })
     }
 
     fn ns(&self) -> &str {
@@ -100,21 +106,28 @@ impl Cluster {
         self.node.as_ref().expect("the node runs")
     }
 
-    /// Starts `voxel operator` for this namespace, its log appended to `operator.log`.
+    /// Starts `voxel operator` for this namespace without leader election, its log appended
+    /// to `operator.log`.
     fn start_operator(&mut self) {
+        let child = self.spawn_operator(
+            &["--leader-elect=false", "--metrics-address", "127.0.0.1:0"],
+            "operator.log",
+        );
+        self.operator = Some(child);
+    }
+
+    /// A `voxel operator` process for this namespace with `extra` arguments, its log in `log`.
+    fn spawn_operator(&self, extra: &[&str], log: &str) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.tmp.path().join("operator.log"))
+            .open(self.tmp.path().join(log))
             .unwrap();
-        let child = Command::new(workspace_bin("voxel"))
+        Command::new(workspace_bin("voxel"))
             .args([
                 "operator",
                 "--namespace",
                 self.ns(),
-                "--leader-elect=false",
-                "--metrics-address",
-                "127.0.0.1:0",
                 "--trainer-image",
                 "voxel-trainer:test",
                 "--trainer-device",
@@ -122,13 +135,13 @@ impl Cluster {
                 "--scrape-interval",
                 "1",
             ])
+            .args(extra)
             .env("KUBECONFIG", &self.control_plane.kubeconfig)
             .env("RUST_LOG", "info,voxel_operator=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("voxel operator starts");
-        self.operator = Some(child);
+            .expect("voxel operator starts")
     }
 
     /// Kills the operator at once, as a crashed process or a lost node would.
@@ -628,4 +641,268 @@ async fn an_invalid_experiment_is_rejected_at_a_server_dry_run_with_the_schema_m
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[tokio::test]
+async fn suspending_mid_run_deletes_the_pod_and_clearing_it_resumes_from_the_checkpoint() {
+    let Some(cluster) = Cluster::start("op-suspend", 1).await else {
+        return;
+    };
+    let name = "suspended";
+    cluster.apply(&cluster.example(name, 4));
+    cluster
+        .wait_for(name, "past epoch 1", TRAINING_TIMEOUT, |s| {
+            s.progress.as_ref().is_some_and(|p| p.epoch >= 1)
+        })
+        .await;
+    cluster.control_plane.kubectl_ok(
+        &[
+            "patch",
+            "-n",
+            cluster.ns(),
+            "experiment",
+            name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":true}}"#,
+        ],
+        None,
+    );
+    let suspended = cluster
+        .wait_for(name, "suspended", Duration::from_secs(120), |s| {
+            s.phase == Some(ExperimentPhase::Suspended)
+        })
+        .await
+        .status
+        .unwrap();
+    assert_eq!(suspended.attempts[0].reason.as_deref(), Some("Suspended"));
+    let progress = suspended
+        .progress
+        .clone()
+        .expect("progress is kept while suspended");
+    assert!(progress.epoch >= 1, "{progress:?}");
+    let gone = async {
+        while !cluster.trainer_pods(name).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), gone)
+        .await
+        .expect("the trainer pod is deleted");
+
+    cluster.control_plane.kubectl_ok(
+        &[
+            "patch",
+            "-n",
+            cluster.ns(),
+            "experiment",
+            name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"suspend":false}}"#,
+        ],
+        None,
+    );
+    let done = cluster.wait_finished(name).await.status.unwrap();
+    assert_eq!(done.phase, Some(ExperimentPhase::Succeeded), "{done:#?}");
+    let reasons: Vec<_> = done.attempts.iter().map(|a| a.reason.as_deref()).collect();
+    assert_eq!(reasons, [Some("Suspended"), Some("Completed")]);
+    assert_eq!((done.preemptions, done.retries), (0, 0));
+    let suspended = done
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Suspended")
+        .unwrap();
+    assert_eq!(
+        (suspended.status, suspended.reason.as_str()),
+        (ConditionStatus::False, "Resumed")
+    );
+    let log = std::fs::read_to_string(
+        cluster
+            .node()
+            .sandbox_dir(cluster.ns(), "suspended-attempt-2")
+            .join("trainer.stderr"),
+    )
+    .unwrap_or_default();
+    assert!(
+        log.contains("resuming from checkpoint"),
+        "attempt 2 did not resume:\n{}",
+        tail(&log, 3000)
+    );
+    assert_eq!(status_means(&done), summary_means(&cluster.summary(name)));
+}
+
+#[tokio::test]
+async fn a_pod_the_api_server_rejects_is_a_condition_and_a_warning_event_not_running() {
+    let Some(cluster) = Cluster::start("op-rejected", 1).await else {
+        return;
+    };
+    let name = "no-such-priority";
+    let mut manifest = cluster.example(name, 2);
+    manifest["spec"]["scheduling"]["priorityClassName"] = "no-such-class".into();
+    cluster.apply(&manifest);
+    let status = cluster
+        .wait_for(name, "rejected", Duration::from_secs(120), |s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Running" && c.reason == "PodRejected")
+        })
+        .await
+        .status
+        .unwrap();
+    assert_eq!(status.phase, Some(ExperimentPhase::Pending));
+    let running = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Running")
+        .unwrap();
+    assert_eq!(running.status, ConditionStatus::False);
+    assert!(running.message.contains("no-such-class"), "{running:?}");
+    assert!(cluster.trainer_pods(name).await.is_empty());
+    let reasons = cluster.event_reasons(name).await;
+    assert!(reasons.contains(&"PodRejected".into()), "{reasons:?}");
+}
+
+/// Reads `http://address/path` with a plain HTTP/1.0 request: (status code, body).
+async fn http_get(address: &str, path: &str) -> Option<(u16, String)> {
+    let (address, path) = (address.to_string(), path.to_string());
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&address).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).ok()?;
+        let code = response.split_whitespace().nth(1)?.parse().ok()?;
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())?;
+        Some((code, body))
+    })
+    .await
+    .ok()?
+}
+
+/// A loopback address with a port that was free a moment ago.
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+async fn lease_holder(client: &Client, ns: &str) -> Option<String> {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), ns);
+    let lease = leases.get_opt("voxel-operator").await.ok()??;
+    lease.spec?.holder_identity
+}
+
+#[tokio::test]
+async fn two_replicas_elect_one_leader_and_a_terminated_leader_hands_over() {
+    let Some(cluster) = Cluster::without_operator("op-leader", 1).await else {
+        return;
+    };
+    let ns = cluster.ns().to_string();
+    let addresses = [free_address(), free_address()];
+    let mut replicas: Vec<(String, KillOnDrop)> = ["replica-a", "replica-b"]
+        .iter()
+        .zip(&addresses)
+        .map(|(id, address)| {
+            let args = [
+                "--identity",
+                id,
+                "--lease-namespace",
+                &ns,
+                "--metrics-address",
+                address,
+            ];
+            let child = cluster.spawn_operator(&args, &format!("{id}.log"));
+            ((*id).to_string(), KillOnDrop(Some(child)))
+        })
+        .collect();
+
+    // Both are healthy and ready; a standby must not be restarted by its probes.
+    for address in &addresses {
+        let ready = async {
+            loop {
+                if let Some((200, _)) = http_get(address, "/readyz").await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), ready)
+            .await
+            .expect("/readyz answers 200");
+        assert_eq!(http_get(address, "/healthz").await.map(|r| r.0), Some(200));
+    }
+
+    let mut first = cluster.example("first", 2);
+    first["spec"]["suspend"] = true.into();
+    cluster.apply(&first);
+    cluster
+        .wait_for("first", "suspended", Duration::from_secs(60), |s| {
+            s.phase == Some(ExperimentPhase::Suspended)
+        })
+        .await;
+    let leader = lease_holder(&cluster.client, &ns)
+        .await
+        .expect("a leader holds the Lease");
+    let index = replicas
+        .iter()
+        .position(|(id, _)| *id == leader)
+        .expect("the leader is a replica");
+    let (_, body) = http_get(&addresses[index], "/metrics").await.unwrap();
+    let reconciles = body
+        .lines()
+        .find_map(|l| l.strip_prefix("voxel_reconciles_total "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(reconciles.is_some_and(|n| n >= 1.0), "{body}");
+
+    // SIGTERM: the leader finishes, releases the Lease and exits 0; the standby takes over.
+    let (_, mut old) = replicas.remove(index);
+    let mut old = old.0.take().unwrap();
+    let pid = old.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exited = tokio::task::spawn_blocking(move || old.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        exited.success(),
+        "a terminated operator exits 0: {exited:?}"
+    );
+    let (standby, _) = &replicas[0];
+    let handed_over = async {
+        while lease_holder(&cluster.client, &ns).await.as_deref() != Some(standby) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), handed_over)
+        .await
+        .expect("the standby leads");
+    let mut second = cluster.example("second", 2);
+    second["spec"]["suspend"] = true.into();
+    cluster.apply(&second);
+    cluster
+        .wait_for("second", "suspended", Duration::from_secs(60), |s| {
+            s.phase == Some(ExperimentPhase::Suspended)
+        })
+        .await;
+}
+
+/// A child process killed when the test ends, even by a panic.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

@@ -262,11 +262,15 @@ fn infer_and_evaluate_reproduce_the_test_metrics_with_the_input_geometry() {
         ],
     );
     assert!(String::from_utf8_lossy(&trained.stderr).contains("serving metrics"));
-    let message = std::fs::read_to_string(&log).unwrap();
-    assert!(
-        message.starts_with("trained 2 epochs; test Dice anterior "),
-        "{message}"
-    );
+    // The termination message is the test summary, as the trainer wrote it to summary.json.
+    let message: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&log).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join(outputs::SUMMARY)).unwrap())
+            .unwrap();
+    assert_eq!(message["epochs"], 2);
+    assert_eq!(message["subjects"], summary["subjects"]);
+    assert_eq!(message["structures"], summary["structures"]);
 
     // A dataset CSV of the test subjects only.
     let split: serde_json::Value =
