@@ -49,10 +49,11 @@ bench: setup
 	$(ENV) bash bench/train_step.sh
 
 ## control-plane: build (or reuse) the test control plane: etcd, kube-apiserver,
-## kube-controller-manager, kube-scheduler, kubectl
+## kube-controller-manager, kube-scheduler, kubectl; and the S3-compatible test server
 control-plane:
 	bash scripts/control-plane.sh build
 	bash scripts/control-plane.sh tools
+	bash scripts/s3-server.sh build
 
 ## crds: regenerate the CRDs committed under charts/voxel/crds from the Rust types
 crds: setup

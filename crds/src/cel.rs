@@ -78,6 +78,13 @@ pub const DATA_SOURCE_IMMUTABLE: Rule = Rule {
     field_path: Some(".source"),
 };
 
+/// `spec.artifacts`: exactly one kind of storage.
+pub const ARTIFACT_STORE_EXACTLY_ONE: Rule = Rule {
+    rule: "has(self.persistentVolumeClaim) != has(self.s3)",
+    message: "exactly one of persistentVolumeClaim and s3 must be set",
+    field_path: None,
+};
+
 /// `spec.artifacts` never changes once set: checkpoints and results live there.
 pub const ARTIFACTS_IMMUTABLE: Rule = Rule {
     rule: "self == oldSelf",
@@ -247,9 +254,11 @@ pub const SHA256_DIGEST: Rule = Rule {
 };
 
 /// Every rule above, for tests that check each one is attached and mirrored.
-pub const ALL: [Rule; 22] = [
+pub const ALL: [Rule; 24] = [
     DATA_SOURCE_EXACTLY_ONE,
     DATA_SOURCE_IMMUTABLE,
+    ARTIFACT_STORE_EXACTLY_ONE,
+    ARTIFACTS_IMMUTABLE,
     SEED_IMMUTABLE,
     ARCHITECTURE_IMMUTABLE,
     TEST_FRACTION_RANGE,
@@ -322,6 +331,9 @@ pub(crate) mod attach {
     }
     pub fn artifacts(schema: &mut Schema) {
         ARTIFACTS_IMMUTABLE.attach(schema);
+    }
+    pub fn artifact_store(schema: &mut Schema) {
+        ARTIFACT_STORE_EXACTLY_ONE.attach(schema);
     }
     pub fn training_seed(schema: &mut Schema) {
         SEED_IMMUTABLE.attach(schema);

@@ -146,12 +146,62 @@ fn default_progress_deadline() -> u64 {
 }
 
 /// The storage trainer pods write their artifacts to. Exactly one field is set.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = attach::artifact_store)]
 pub struct ArtifactStore {
     /// A PersistentVolumeClaim mounted read-write into trainer pods; each Experiment writes to
     /// its own folder `<subPath>/<namespace>/<experiment>/`.
-    pub persistent_volume_claim: PvcSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_claim: Option<PvcSource>,
+    /// An S3-compatible bucket; each Experiment writes under `<prefix>/<namespace>/<experiment>/`.
+    /// The trainer works in a scratch folder of its pod and uploads after every checkpoint; a
+    /// new attempt downloads the last checkpoint first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Store>,
+}
+
+/// An S3-compatible bucket. Credentials come only from a Secret in the Experiment's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Store {
+    /// The bucket.
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// Key prefix inside the bucket (no leading or trailing `/` needed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Endpoint URL of an S3-compatible service (`https://minio.storage:9000`); AWS when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region of the bucket (`us-east-1` when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The Secret holding the access key, in the Experiment's namespace.
+    pub credentials_secret: S3CredentialsSecret,
+}
+
+/// Where in a Secret the S3 access key is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3CredentialsSecret {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the access key id in the Secret.
+    #[serde(default = "default_access_key_id_key")]
+    pub access_key_id_key: String,
+    /// Key of the secret access key in the Secret.
+    #[serde(default = "default_secret_access_key_key")]
+    pub secret_access_key_key: String,
+}
+
+fn default_access_key_id_key() -> String {
+    "AWS_ACCESS_KEY_ID".into()
+}
+
+fn default_secret_access_key_key() -> String {
+    "AWS_SECRET_ACCESS_KEY".into()
 }
 
 /// Compute resources of a trainer pod.

@@ -164,6 +164,8 @@ fn operator(args: voxel_operator::cluster::OperatorArgs) -> ExitCode {
     } else {
         builder.json().init();
     }
+    // One TLS provider for kube's and reqwest's rustls.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -258,7 +258,18 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_operator();
         if std::thread::panicking() {
-            eprintln!("operator log:\n{}", tail(&self.operator_log(), 8000));
+            // Every operator log of the test: the default one and those of named replicas.
+            for entry in std::fs::read_dir(self.tmp.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let path = entry.path();
+                if path.extension().is_some_and(|e| e == "log") {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    eprintln!("{}:\n{}", path.display(), tail(&text, 8000));
+                }
+            }
         }
         // The node kills its processes when dropped; its Node object is left, like the
         // namespace's PersistentVolumes.
@@ -876,9 +887,12 @@ async fn two_replicas_elect_one_leader_and_a_terminated_leader_hands_over() {
         exited.success(),
         "a terminated operator exits 0: {exited:?}"
     );
-    let (standby, _) = &replicas[0];
+    let (standby, process) = &mut replicas[0];
+    let alive = process.0.as_mut().unwrap().try_wait().unwrap();
+    assert!(alive.is_none(), "the standby exited: {alive:?}");
+    let standby = standby.clone();
     let handed_over = async {
-        while lease_holder(&cluster.client, &ns).await.as_deref() != Some(standby) {
+        while lease_holder(&cluster.client, &ns).await.as_deref() != Some(standby.as_str()) {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
@@ -904,5 +918,107 @@ impl Drop for KillOnDrop {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// The S3-compatible test server that `scripts/with-control-plane.sh` started, as (endpoint,
+/// bucket); `None` without it.
+fn test_bucket() -> Option<(String, String)> {
+    Some((
+        std::env::var("VOXEL_TEST_S3_ENDPOINT").ok()?,
+        std::env::var("VOXEL_TEST_S3_BUCKET").ok()?,
+    ))
+}
+
+#[tokio::test]
+async fn artifacts_in_a_bucket_survive_a_preemption_and_hold_the_results() {
+    let Some(cluster) = Cluster::start("op-s3", 1).await else {
+        return;
+    };
+    let (endpoint, bucket) =
+        test_bucket().expect("with-control-plane.sh starts the S3 test server");
+    let name = "in-a-bucket";
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "s3-credentials"},
+        "stringData": {"AWS_ACCESS_KEY_ID": "voxel-test", "AWS_SECRET_ACCESS_KEY": "voxel-test-secret"},
+    });
+    cluster.control_plane.kubectl_ok(
+        &["apply", "-n", cluster.ns(), "-f", "-"],
+        Some(&secret.to_string()),
+    );
+    let mut manifest = cluster.example(name, 4);
+    manifest["spec"]["artifacts"] = serde_yaml::to_value(serde_json::json!({
+        "s3": {
+            "bucket": bucket, "prefix": "runs", "endpoint": endpoint,
+            "credentialsSecret": {"name": "s3-credentials"},
+        }
+    }))
+    .unwrap();
+    cluster.apply(&manifest);
+
+    cluster
+        .wait_for(name, "past epoch 2", TRAINING_TIMEOUT, |s| {
+            s.progress.as_ref().is_some_and(|p| p.epoch >= 2)
+        })
+        .await;
+    cluster
+        .node()
+        .preempt(cluster.ns(), "in-a-bucket-attempt-1")
+        .await
+        .unwrap();
+    let done = cluster.wait_finished(name).await.status.unwrap();
+    assert_eq!(done.phase, Some(ExperimentPhase::Succeeded), "{done:#?}");
+    let reasons: Vec<_> = done.attempts.iter().map(|a| a.reason.as_deref()).collect();
+    assert_eq!(reasons, [Some(node::PREEMPTION_REASON), Some("Completed")]);
+    let key = format!("runs/{}/{name}", cluster.ns());
+    assert_eq!(
+        done.artifacts.as_deref(),
+        Some(format!("s3://{bucket}/{key}").as_str())
+    );
+
+    // The second pod started with an empty folder of its own: it resumed from the bucket.
+    let log = std::fs::read_to_string(
+        cluster
+            .node()
+            .sandbox_dir(cluster.ns(), "in-a-bucket-attempt-2")
+            .join("trainer.stderr"),
+    )
+    .unwrap_or_default();
+    assert!(
+        log.contains("pulled the previous attempt's artifacts"),
+        "{}",
+        tail(&log, 3000)
+    );
+    assert!(
+        log.contains("resuming from checkpoint"),
+        "{}",
+        tail(&log, 3000)
+    );
+
+    // The results in the bucket are those in status.
+    use object_store::{ObjectStoreExt, aws::AmazonS3Builder, path::Path as Key};
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let store = AmazonS3Builder::new()
+        .with_endpoint(&endpoint)
+        .with_allow_http(true)
+        .with_bucket_name(&bucket)
+        .with_region("us-east-1")
+        .with_access_key_id("voxel-test")
+        .with_secret_access_key("voxel-test-secret")
+        .build()
+        .unwrap();
+    let summary = store
+        .get(&Key::from(format!("{key}/summary.json")))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let summary: serde_json::Value = serde_json::from_slice(&summary).unwrap();
+    assert_eq!(status_means(&done), summary_means(&summary));
+    for file in ["model.safetensors", "metrics.csv", "epoch_metrics.csv"] {
+        let head = store.head(&Key::from(format!("{key}/{file}"))).await;
+        assert!(head.is_ok(), "{file} is not in the bucket: {head:?}");
     }
 }

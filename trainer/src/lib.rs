@@ -16,5 +16,6 @@ pub mod network;
 pub mod outputs;
 pub mod progress_metrics;
 pub mod resolve;
+pub mod sync;
 pub mod termination;
 pub mod train;

@@ -4,6 +4,7 @@ use std::{
     io::IsTerminal,
     path::{Path, PathBuf},
     process::ExitCode,
+    sync::Arc,
 };
 
 use anyhow::Context;
@@ -19,6 +20,7 @@ use voxel_trainer::{
         run_inference,
     },
     progress_metrics::{self, MetricsServer},
+    sync::ArtifactSync,
     termination,
     train::{Outcome, TrainOptions, train},
 };
@@ -86,6 +88,12 @@ enum Command {
         /// takes a free port; the log says which).
         #[arg(long, env = "VOXEL_METRICS_ADDRESS", value_name = "HOST:PORT")]
         metrics_address: Option<String>,
+        /// Mirror the output folder to `s3://BUCKET/PREFIX`: pull what an earlier attempt left
+        /// before training, push after every checkpoint and at the end. Credentials, region and
+        /// endpoint come from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`,
+        /// `AWS_ENDPOINT` (and `AWS_ALLOW_HTTP=true` for a plain-HTTP endpoint).
+        #[arg(long, env = "VOXEL_SYNC_TO", value_name = "URL")]
+        sync_to: Option<String>,
     },
     /// Predict every subject of a dataset CSV with a trained model.
     Infer {
@@ -201,6 +209,7 @@ fn run(cli: Cli) -> anyhow::Result<String> {
             data_root,
             stop_after_epoch,
             metrics_address,
+            sync_to,
         } => {
             info!(config = %config.display(), output = %output.display(), ?device, "training");
             // Kept alive until training returns: dropping it stops the endpoint.
@@ -215,8 +224,29 @@ fn run(cli: Cli) -> anyhow::Result<String> {
                 device,
                 stop_after_epoch,
                 metrics: server.as_ref().map(MetricsServer::metrics),
+                sync: None,
             };
-            report_training(train(&options)?, &output)
+            let sync = sync_to
+                .as_deref()
+                .map(ArtifactSync::from_url)
+                .transpose()?
+                .map(Arc::new);
+            let options = match sync {
+                Some(sync) => {
+                    sync.pull(&output)?;
+                    TrainOptions {
+                        sync: Some(sync),
+                        ..options
+                    }
+                }
+                None => options,
+            };
+            let outcome = train(&options)?;
+            if let Some(sync) = &options.sync {
+                let files = sync.push(&output)?;
+                info!(files, to = sync.url(), "uploaded the results");
+            }
+            report_training(outcome, &output)
         }
         Command::Infer {
             model,

@@ -111,6 +111,7 @@ fn a_few_epochs_of_training_learn_the_hippocampus() {
         device: tch::Device::cuda_if_available(),
         stop_after_epoch: None,
         metrics: Some(server.metrics()),
+        sync: None,
     };
     let outcome = voxel_trainer::train::train(&options).unwrap();
     assert!(matches!(outcome, Outcome::Finished { epochs: 15, .. }));

@@ -63,6 +63,13 @@ impl ExperimentSpec {
 
     /// The bounds of the cluster fields (the schema states the same ones).
     fn validate_run_policy(&self, c: &mut Collector, p: &str) {
+        if let Some(store) = &self.artifacts {
+            c.rule(
+                store.persistent_volume_claim.is_some() != store.s3.is_some(),
+                &format!("{p}.artifacts"),
+                &cel::ARTIFACT_STORE_EXACTLY_ONE,
+            );
+        }
         c.check(
             self.backoff_limit <= 100,
             &format!("{p}.backoffLimit"),

@@ -12,13 +12,13 @@ use k8s_openapi::{
         EmptyDirVolumeSource, EnvVar, EnvVarSource, NodeAffinity, NodeSelector,
         NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
         PersistentVolumeClaimVolumeSource, Pod, PodSecurityContext, PodSpec, ResourceRequirements,
-        SeccompProfile, SecurityContext, Toleration, Volume, VolumeMount,
+        SeccompProfile, SecretKeySelector, SecurityContext, Toleration, Volume, VolumeMount,
     },
     apimachinery::pkg::{api::resource::Quantity, apis::meta::v1::OwnerReference},
 };
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 use thiserror::Error;
-use voxel_crds::Experiment;
+use voxel_crds::{Experiment, experiment::S3Store};
 
 use crate::attempts::pod_name;
 
@@ -103,25 +103,39 @@ pub enum BuildError {
     DataNotMountable,
     /// Nowhere to write checkpoints.
     #[error(
-        "spec.artifacts: set persistentVolumeClaim (or start the operator with \
+        "spec.artifacts: set persistentVolumeClaim or s3 (or start the operator with \
          --artifacts-claim) so that checkpoints survive a preempted pod"
     )]
     NoArtifactStore,
 }
 
-/// Where an Experiment's artifacts live in its artifact claim.
+/// Where an Experiment's artifacts live.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ArtifactLocation {
-    /// The claim.
-    pub claim: String,
-    /// Folder inside the claim: `<subPath>/<namespace>/<name>`.
-    pub path: String,
+pub enum ArtifactLocation {
+    /// A folder of a claim mounted into the pod.
+    Claim {
+        /// The claim.
+        claim: String,
+        /// Folder inside the claim: `<subPath>/<namespace>/<name>`.
+        path: String,
+    },
+    /// A key prefix in a bucket the trainer mirrors its output folder to.
+    Bucket {
+        /// The store, as the Experiment names it.
+        store: S3Store,
+        /// Key prefix: `<prefix>/<namespace>/<name>`.
+        key: String,
+    },
 }
 
 impl ArtifactLocation {
-    /// The location as written in `status.artifacts`: `pvc://<claim>/<path>`.
+    /// The location as written in `status.artifacts`: `pvc://<claim>/<path>` or
+    /// `s3://<bucket>/<key>`.
     pub fn uri(&self) -> String {
-        format!("pvc://{}/{}", self.claim, self.path)
+        match self {
+            Self::Claim { claim, path } => format!("pvc://{claim}/{path}"),
+            Self::Bucket { store, key } => format!("s3://{}/{key}", store.bucket),
+        }
     }
 }
 
@@ -130,11 +144,21 @@ pub fn artifact_location(
     experiment: &Experiment,
     settings: &Settings,
 ) -> Result<ArtifactLocation, BuildError> {
-    let (claim, sub_path) = match &experiment.spec.artifacts {
-        Some(store) => (
-            store.persistent_volume_claim.claim_name.clone(),
-            store.persistent_volume_claim.sub_path.clone(),
-        ),
+    let namespace = experiment.namespace().unwrap_or_default();
+    let name = experiment.name_any();
+    let under = |prefix: Option<&str>| match prefix.map(|p| p.trim_matches('/')) {
+        Some(prefix) if !prefix.is_empty() => format!("{prefix}/{namespace}/{name}"),
+        _ => format!("{namespace}/{name}"),
+    };
+    let store = experiment.spec.artifacts.as_ref();
+    if let Some(s3) = store.and_then(|s| s.s3.as_ref()) {
+        return Ok(ArtifactLocation::Bucket {
+            store: s3.clone(),
+            key: under(s3.prefix.as_deref()),
+        });
+    }
+    let (claim, sub_path) = match store.and_then(|s| s.persistent_volume_claim.as_ref()) {
+        Some(claim) => (claim.claim_name.clone(), claim.sub_path.clone()),
         None => (
             settings
                 .default_artifacts_claim
@@ -143,13 +167,10 @@ pub fn artifact_location(
             None,
         ),
     };
-    let namespace = experiment.namespace().unwrap_or_default();
-    let name = experiment.name_any();
-    let path = match sub_path.as_deref().map(|p| p.trim_matches('/')) {
-        Some(prefix) if !prefix.is_empty() => format!("{prefix}/{namespace}/{name}"),
-        _ => format!("{namespace}/{name}"),
-    };
-    Ok(ArtifactLocation { claim, path })
+    Ok(ArtifactLocation::Claim {
+        claim,
+        path: under(sub_path.as_deref()),
+    })
 }
 
 /// Name of the ConfigMap holding an Experiment's configuration.
@@ -240,7 +261,6 @@ pub fn trainer_pod(
         .ok_or(BuildError::DataNotMountable)?;
     let artifacts = artifact_location(experiment, settings)?;
     let name = experiment.name_any();
-    let output = format!("{ARTIFACTS_DIR}/{}", artifacts.path);
 
     let mut labels = labels(experiment, "trainer");
     labels.insert(LABEL_ATTEMPT.into(), attempt.to_string());
@@ -264,10 +284,16 @@ pub fn trainer_pod(
         },
         Volume {
             name: "artifacts".into(),
-            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
-                claim_name: artifacts.claim.clone(),
-                read_only: None,
-            }),
+            // A claim is mounted; a bucket's mirror is a folder of the pod's own.
+            persistent_volume_claim: match &artifacts {
+                ArtifactLocation::Claim { claim, .. } => Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim.clone(),
+                    read_only: None,
+                }),
+                ArtifactLocation::Bucket { .. } => None,
+            },
+            empty_dir: matches!(artifacts, ArtifactLocation::Bucket { .. })
+                .then(EmptyDirVolumeSource::default),
             ..Volume::default()
         },
         Volume {
@@ -282,6 +308,10 @@ pub fn trainer_pod(
         mount("artifacts", ARTIFACTS_DIR, None, false),
         mount("scratch", SCRATCH_DIR, None, false),
     ];
+    let output = match &artifacts {
+        ArtifactLocation::Claim { path, .. } => format!("{ARTIFACTS_DIR}/{path}"),
+        ArtifactLocation::Bucket { .. } => format!("{ARTIFACTS_DIR}/run"),
+    };
 
     let gpu_resource = spec
         .resources
@@ -303,7 +333,7 @@ pub fn trainer_pod(
         limits.insert("memory".into(), memory.clone());
     }
 
-    let args = vec![
+    let mut args = vec![
         "train".to_string(),
         "--config".into(),
         format!("{CONFIG_DIR}/{CONFIG_FILE}"),
@@ -325,7 +355,7 @@ pub fn trainer_pod(
             .into()
         }),
     ];
-    let env = vec![
+    let mut env = vec![
         EnvVar {
             name: "POD_IP".into(),
             value_from: Some(EnvVarSource {
@@ -345,6 +375,10 @@ pub fn trainer_pod(
         env_value("HOME", SCRATCH_DIR),
         env_value("TMPDIR", SCRATCH_DIR),
     ];
+    if let ArtifactLocation::Bucket { store, .. } = &artifacts {
+        args.extend(["--sync-to".to_string(), artifacts.uri()]);
+        env.extend(bucket_env(store));
+    }
 
     let container = Container {
         name: TRAINER_CONTAINER.into(),
@@ -447,6 +481,36 @@ pub fn trainer_pod(
     })
 }
 
+/// The variables that configure the trainer's S3 client: the access key only by reference to
+/// its Secret, never as a value in the pod.
+fn bucket_env(store: &S3Store) -> Vec<EnvVar> {
+    let secret = &store.credentials_secret;
+    let from_secret = |name: &str, key: &str| EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    };
+    let mut env = vec![
+        from_secret("AWS_ACCESS_KEY_ID", &secret.access_key_id_key),
+        from_secret("AWS_SECRET_ACCESS_KEY", &secret.secret_access_key_key),
+        env_value("AWS_REGION", store.region.as_deref().unwrap_or("us-east-1")),
+    ];
+    if let Some(endpoint) = &store.endpoint {
+        env.push(env_value("AWS_ENDPOINT", endpoint));
+        if endpoint.starts_with("http://") {
+            env.push(env_value("AWS_ALLOW_HTTP", "true"));
+        }
+    }
+    env
+}
+
 fn mount(name: &str, path: &str, sub_path: Option<String>, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
@@ -541,10 +605,11 @@ spec:
 
     fn with_artifacts(mut e: Experiment) -> Experiment {
         e.spec.artifacts = Some(ArtifactStore {
-            persistent_volume_claim: PvcSource {
+            persistent_volume_claim: Some(PvcSource {
                 claim_name: "runs".into(),
                 sub_path: Some("voxel/".into()),
-            },
+            }),
+            s3: None,
         });
         e
     }
@@ -792,6 +857,45 @@ spec:
         };
         let location = artifact_location(&experiment(""), &settings).unwrap();
         assert_eq!(location.uri(), "pvc://shared/lab/hippo");
+    }
+
+    #[test]
+    fn a_bucket_store_mirrors_a_pod_folder_with_credentials_from_the_secret() {
+        let e = experiment(
+            "  artifacts:\n    s3:\n      bucket: voxel-runs\n      prefix: /team/\n      \
+             endpoint: http://minio.storage:9000\n      credentialsSecret: {name: s3-keys}",
+        );
+        let location = artifact_location(&e, &Settings::default()).unwrap();
+        assert_eq!(location.uri(), "s3://voxel-runs/team/lab/hippo");
+        let pod = trainer_pod(&e, 1, &Settings::default()).unwrap();
+        let c = trainer(&pod);
+        let args = c.args.clone().unwrap();
+        let after = |flag: &str| args[args.iter().position(|a| a == flag).unwrap() + 1].clone();
+        assert_eq!(after("--sync-to"), "s3://voxel-runs/team/lab/hippo");
+        assert_eq!(after("--output"), "/artifacts/run");
+        let volumes = spec(&pod).volumes.clone().unwrap();
+        let artifacts = volumes.iter().find(|v| v.name == "artifacts").unwrap();
+        assert!(artifacts.empty_dir.is_some() && artifacts.persistent_volume_claim.is_none());
+        let env = c.env.clone().unwrap();
+        let var = |name: &str| env.iter().find(|v| v.name == name).cloned().unwrap();
+        for (name, key) in [
+            ("AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
+            ("AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"),
+        ] {
+            let v = var(name);
+            assert!(v.value.is_none(), "{name} must not be a literal value");
+            let secret = v.value_from.unwrap().secret_key_ref.unwrap();
+            assert_eq!(
+                (secret.name.as_str(), secret.key.as_str()),
+                ("s3-keys", key)
+            );
+        }
+        assert_eq!(
+            var("AWS_ENDPOINT").value.as_deref(),
+            Some("http://minio.storage:9000")
+        );
+        assert_eq!(var("AWS_ALLOW_HTTP").value.as_deref(), Some("true"));
+        assert_eq!(var("AWS_REGION").value.as_deref(), Some("us-east-1"));
     }
 
     #[test]

@@ -33,8 +33,9 @@ pub const FIELD_MANAGER: &str = "voxel-operator";
 /// Seconds a leader's Lease stays valid without renewal: a standby takes over at most this
 /// long after the leader died.
 const LEASE_DURATION_S: u64 = 15;
-/// Seconds before expiry that the leader renews.
-const LEASE_GRACE_S: u64 = 5;
+/// Seconds before expiry that the leader renews: two thirds of the duration are slack for a
+/// slow API server, as client-go's renew deadline leaves.
+const LEASE_GRACE_S: u64 = 10;
 
 /// Arguments of `voxel operator`.
 #[derive(Debug, Clone, clap::Args)]
@@ -203,14 +204,20 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     };
     ready.store(true, Ordering::Relaxed);
 
-    // Losing the Lease stops the controllers as a signal does: another replica leads now.
+    // Losing the Lease stops the controllers as a signal does, and the process then fails, so
+    // that its Deployment restarts it as a standby: another replica leads now.
     let mut stop = stop_rx.clone();
     let lost = lease.as_ref().map(|(leader, _)| leader.clone());
+    let lost_lease = Arc::new(AtomicBool::new(false));
+    let flag = lost_lease.clone();
     let shutdown = async move {
         match lost {
             Some(mut leader) => {
                 tokio::select! {
-                    _ = leader.wait_for(|l| !*l) => warn!("lost the leader Lease; stopping"),
+                    _ = leader.wait_for(|l| !*l) => {
+                        warn!("lost the leader Lease; stopping");
+                        flag.store(true, Ordering::Relaxed);
+                    }
                     _ = stop.wait_for(|s| *s) => {}
                 }
             }
@@ -232,6 +239,9 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let _ = server.await;
+    if lost_lease.load(Ordering::Relaxed) {
+        anyhow::bail!("lost the leader Lease {}", args.lease_name);
+    }
     info!("stopped");
     Ok(())
 }

@@ -76,6 +76,8 @@ pub struct TrainOptions {
     pub stop_after_epoch: Option<u32>,
     /// Gauges to keep up to date with the run's progress (served by the metrics endpoint).
     pub metrics: Option<Arc<TrainingMetrics>>,
+    /// The output folder's mirror in an object store, pushed after every checkpoint.
+    pub sync: Option<Arc<crate::sync::ArtifactSync>>,
 }
 
 /// How a run ended.
@@ -265,6 +267,9 @@ pub fn train(options: &TrainOptions) -> anyhow::Result<Outcome> {
         write_epoch_metrics(&options.output, &spec.model.structures, &state.records)?;
         if epoch % spec.training.checkpoint_every_epochs == 0 || epoch == epochs {
             checkpoint::save(&checkpoints, &model.vs, &optimizer, &state)?;
+            if let Some(sync) = &options.sync {
+                sync.push(&options.output)?;
+            }
         }
         record_progress(&state.records);
         if options.stop_after_epoch == Some(epoch) && epoch < epochs {
