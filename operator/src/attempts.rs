@@ -71,6 +71,12 @@ pub struct PodObservation {
     pub finished_at: Option<Timestamp>,
     /// The pod is being deleted.
     pub deleting: bool,
+    /// When the trainer container started (running or terminated); `progressDeadlineSeconds`
+    /// counts from here, not from the pod's creation.
+    pub started_at: Option<Timestamp>,
+    /// Why a pending pod is not running yet, as the scheduler or kubelet says it
+    /// (`Unschedulable: 0/3 nodes ...`, `ImagePullBackOff: ...`).
+    pub waiting: Option<String>,
 }
 
 /// How an attempt ended.
@@ -450,9 +456,32 @@ pub fn plan(input: &PlanInput) -> Plan {
                 "spec.suspend was cleared",
             );
         }
-        let needs_attempt =
-            !latest_open && input.pod.as_ref().is_none_or(|p| !pod_alive || p.deleting);
-        if latest_open && input.pod.is_none() {
+        // A pod of an ended attempt whose trainer may still run (suspended, deleted by
+        // someone) holds back the next attempt: two trainers must never share a checkpoint
+        // folder. One on a lost node cannot run anything any more.
+        let previous_running = input.pod.as_ref().is_some_and(|p| {
+            !latest_open && matches!(p.phase, PodPhase::Running | PodPhase::Unknown) && !p.node_lost
+        });
+        let needs_attempt = !latest_open
+            && !previous_running
+            && input.pod.as_ref().is_none_or(|p| !pod_alive || p.deleting);
+        if previous_running {
+            let pod = input.pod.as_ref().expect("checked above");
+            status.phase = Some(ExperimentPhase::Pending);
+            set(
+                &mut status,
+                &mut events,
+                generation,
+                &now,
+                CONDITION_RUNNING,
+                ConditionStatus::True,
+                "WaitingForPreviousPod",
+                &format!(
+                    "pod {} is still stopping; the next attempt starts once it has",
+                    pod.name
+                ),
+            );
+        } else if latest_open && input.pod.is_none() {
             // The pod of the open attempt is gone without a trace (deleted by someone, or never
             // created because the operator stopped in between): create it (again).
             plan.create_attempt = Some(status.attempts.len());
@@ -526,10 +555,8 @@ pub fn plan(input: &PlanInput) -> Plan {
             let (reason, message) = if running {
                 ("Training", format!("pod {} is training", pod.name))
             } else {
-                (
-                    "PodPending",
-                    format!("pod {} waits for a node with a free GPU", pod.name),
-                )
+                let why = pod.waiting.as_deref().unwrap_or("waiting to be scheduled");
+                ("PodPending", format!("pod {} is pending: {why}", pod.name))
             };
             set(
                 &mut status,
@@ -729,7 +756,12 @@ fn check_stall(
     input: &PlanInput,
     deadline_s: u64,
 ) {
-    let attempt_start = status.attempts.last().map(|a| a.start.0);
+    // From the trainer's start: time spent pending for a node is not a stall.
+    let attempt_start = input
+        .pod
+        .as_ref()
+        .and_then(|p| p.started_at)
+        .or_else(|| status.attempts.last().map(|a| a.start.0));
     let last_epoch = status
         .progress
         .as_ref()
@@ -884,6 +916,8 @@ status:
             message: None,
             finished_at: None,
             deleting: false,
+            started_at: None,
+            waiting: None,
         }
     }
 
@@ -1277,12 +1311,27 @@ status:
         // Cleared: the next attempt starts at once (no back-off, no retry counted).
         let mut resumed = experiment("", "  {}");
         resumed.status = Some(plan.status.clone());
+        // Its pod still stops: the next attempt waits, as two trainers must never share the
+        // checkpoint folder.
         let deleting = PodObservation {
             deleting: true,
             ..pod(PodPhase::Running)
         };
-        let next = plan_for(&resumed, Some(deleting), "2026-12-04T11:00:00Z");
+        let waiting = plan_for(&resumed, Some(deleting), "2026-12-04T11:00:00Z");
+        assert_eq!(waiting.create_attempt, None);
+        assert_eq!(
+            condition(&waiting.status, CONDITION_RUNNING).reason,
+            "WaitingForPreviousPod"
+        );
+        // Once the trainer has exited (or the pod is gone), the next attempt starts at once.
+        let stopped = PodObservation {
+            deleting: true,
+            ..exited(143, "Error", "")
+        };
+        let next = plan_for(&resumed, Some(stopped), "2026-12-04T11:00:05Z");
         assert_eq!(next.create_attempt, Some(2));
+        let gone = plan_for(&resumed, None, "2026-12-04T11:00:05Z");
+        assert_eq!(gone.create_attempt, Some(2));
         assert_eq!(next.status.retries, 0);
         assert_eq!(
             condition(&next.status, CONDITION_SUSPENDED).status,
@@ -1377,6 +1426,22 @@ status:
                 .transitions
                 .iter()
                 .any(|t| t.warning && t.reason == "NoProgress")
+        );
+
+        // Time spent pending for a node does not count: the trainer started at 10:15.
+        let late_start = PodObservation {
+            started_at: Some(at("2026-12-04T10:15:00Z")),
+            ..pod(PodPhase::Running)
+        };
+        let mut no_epoch = e.clone();
+        no_epoch.status.as_mut().unwrap().progress = None;
+        let pending_long = plan_for(&no_epoch, Some(late_start), "2026-12-04T10:20:00Z");
+        assert!(
+            pending_long
+                .status
+                .conditions
+                .iter()
+                .all(|c| c.type_ != CONDITION_STALLED)
         );
 
         let mut progressed = e.clone();

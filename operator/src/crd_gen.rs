@@ -66,7 +66,7 @@ fn to_yaml(crd: &CustomResourceDefinition) -> String {
     serde_yaml::to_string(crd).expect("a CRD serialises to YAML")
 }
 
-/// Joins the lines of every description into paragraphs. Doc comments are wrapped at 100
+/// Joins the lines of every description into paragraphs, and gives integers OpenAPI formats. Doc comments are wrapped at 100
 /// columns; `kubectl explain` wraps text to the terminal itself, so line breaks inside a
 /// paragraph would only break its lines in odd places.
 fn unwrap_descriptions(crd: CustomResourceDefinition) -> CustomResourceDefinition {
@@ -82,12 +82,28 @@ fn unwrap_in(value: &mut Value) {
             for (key, child) in map.iter_mut() {
                 match child {
                     Value::String(text) if key == "description" => *text = unwrap_text(text),
+                    // schemars names Rust's unsigned widths; the API server knows only the
+                    // OpenAPI formats and warns of others (the minimum of 0 stays).
+                    Value::String(format) if key == "format" => {
+                        if let Some(openapi) = openapi_format(format) {
+                            *format = openapi.into();
+                        }
+                    }
                     _ => unwrap_in(child),
                 }
             }
         }
         Value::Array(items) => items.iter_mut().for_each(unwrap_in),
         _ => {}
+    }
+}
+
+/// The OpenAPI integer format of a schemars one it does not know.
+fn openapi_format(format: &str) -> Option<&'static str> {
+    match format {
+        "uint8" | "uint16" | "int8" | "int16" => Some("int32"),
+        "uint32" | "uint64" | "uint" => Some("int64"),
+        _ => None,
     }
 }
 

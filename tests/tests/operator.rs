@@ -244,13 +244,22 @@ impl Cluster {
             .items
     }
 
-    /// Reasons of the Events about an Experiment, oldest first.
-    async fn event_reasons(&self, name: &str) -> Vec<String> {
+    /// Reasons of the Events about an Experiment, oldest first, once all of `expected` are
+    /// among them (the operator publishes Events after the status they describe), or after 30 s.
+    async fn event_reasons(&self, name: &str, expected: &[&str]) -> Vec<String> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), self.ns());
-        let mut items = events.list(&ListParams::default()).await.unwrap().items;
-        items.retain(|e| e.involved_object.name.as_deref() == Some(name));
-        items.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
-        items.into_iter().filter_map(|e| e.reason).collect()
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut items = events.list(&ListParams::default()).await.unwrap().items;
+            items.retain(|e| e.involved_object.name.as_deref() == Some(name));
+            items.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+            let reasons: Vec<String> = items.into_iter().filter_map(|e| e.reason).collect();
+            let complete = expected.iter().all(|r| reasons.iter().any(|x| x == r));
+            if complete || tokio::time::Instant::now() > deadline {
+                return reasons;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -413,7 +422,7 @@ async fn an_example_experiment_succeeds_with_its_metrics_in_status_and_then_writ
         .limits
         .unwrap();
     assert_eq!(gpu["nvidia.com/gpu"].0, "1");
-    let reasons = cluster.event_reasons(name).await;
+    let reasons = cluster.event_reasons(name, &["Started", "Completed"]).await;
     assert!(
         reasons.contains(&"Started".into()) && reasons.contains(&"Completed".into()),
         "{reasons:?}"
@@ -515,7 +524,7 @@ async fn a_pod_preempted_mid_run_resumes_from_its_checkpoint_to_the_undisturbed_
     );
     assert_eq!(status_means(&preempted), status_means(&undisturbed));
     assert_eq!(cluster.summary("preempted"), cluster.summary("undisturbed"));
-    let reasons = cluster.event_reasons("preempted").await;
+    let reasons = cluster.event_reasons("preempted", &["Preempted"]).await;
     assert!(reasons.contains(&"Preempted".into()), "{reasons:?}");
 }
 
@@ -770,8 +779,12 @@ async fn a_pod_the_api_server_rejects_is_a_condition_and_a_warning_event_not_run
     assert_eq!(running.status, ConditionStatus::False);
     assert!(running.message.contains("no-such-class"), "{running:?}");
     assert!(cluster.trainer_pods(name).await.is_empty());
-    let reasons = cluster.event_reasons(name).await;
+    let reasons = cluster.event_reasons(name, &["PodRejected"]).await;
     assert!(reasons.contains(&"PodRejected".into()), "{reasons:?}");
+    assert!(
+        !reasons.contains(&"Started".into()),
+        "a refused pod did not start: {reasons:?}"
+    );
 }
 
 /// Reads `http://address/path` with a plain HTTP/1.0 request: (status code, body).

@@ -65,13 +65,12 @@ pub fn write_or_check(resolved: &Experiment, output: &Path) -> anyhow::Result<()
                 output.display()
             ))
         })?;
-        // What happens after training (the comparison, the publication) does not change the
-        // run, so a resumed or finished run may be given other settings for them.
+        // The run is its model, training and data. What happens around it (where and how pods
+        // run, retries, deadlines, the comparison, the publication) may change between
+        // attempts: more memory after an OOMKilled attempt must not make the next one refuse
+        // to resume.
         let training_part = |spec: &voxel_crds::ExperimentSpec| {
-            let mut spec = spec.clone();
-            spec.compare_to = None;
-            spec.publish = None;
-            spec
+            (spec.model.clone(), spec.training.clone(), spec.data.clone())
         };
         if training_part(&previous.spec) != training_part(&resolved.spec) {
             return Err(bad_config(format!(

@@ -69,6 +69,30 @@ impl ExperimentSpec {
                 &format!("{p}.artifacts"),
                 &cel::ARTIFACT_STORE_EXACTLY_ONE,
             );
+            if let Some(claim) = &store.persistent_volume_claim {
+                check_claim(c, &format!("{p}.artifacts.persistentVolumeClaim"), claim);
+            }
+            if let Some(s3) = &store.s3 {
+                let at = format!("{p}.artifacts.s3");
+                if let Some(prefix) = &s3.prefix {
+                    check_relative(c, &format!("{at}.prefix"), prefix);
+                }
+                c.check(
+                    !s3.bucket.is_empty()
+                        && s3.bucket.chars().all(|ch| {
+                            ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-' || ch == '.'
+                        }),
+                    &format!("{at}.bucket"),
+                    || format!("must be a bucket name (lowercase letters, digits, '-', '.'), found {:?}", s3.bucket),
+                );
+                if let Some(endpoint) = &s3.endpoint {
+                    c.check(
+                        endpoint.starts_with("http://") || endpoint.starts_with("https://"),
+                        &format!("{at}.endpoint"),
+                        || format!("must be an http:// or https:// URL, found {endpoint:?}"),
+                    );
+                }
+            }
         }
         c.check(
             self.backoff_limit <= 100,
@@ -346,6 +370,12 @@ impl DataSpec {
             &format!("{p}.dataset"),
             || "the dataset CSV path is required".into(),
         );
+        if !self.dataset.trim().is_empty() {
+            check_relative(c, &format!("{p}.dataset"), &self.dataset);
+        }
+        if let Some(claim) = &self.source.persistent_volume_claim {
+            check_claim(c, &format!("{p}.source.persistentVolumeClaim"), claim);
+        }
         c.rule(
             self.source.local_path.is_some() != self.source.persistent_volume_claim.is_some(),
             &format!("{p}.source"),
@@ -394,6 +424,30 @@ impl DataSpec {
     }
 }
 
+/// A folder inside a volume or bucket: relative, and never climbing out with `..`.
+fn check_relative(c: &mut Collector, at: &str, path: &str) {
+    let climbs = path.split('/').any(|part| part == "..");
+    c.check(!climbs && !path.starts_with('/'), at, || {
+        format!("must be a relative path without '..', found {path:?}")
+    });
+}
+
+fn check_claim(c: &mut Collector, at: &str, claim: &crate::experiment::PvcSource) {
+    c.check(
+        crate::validation::is_subdomain(&claim.claim_name),
+        &format!("{at}.claimName"),
+        || {
+            format!(
+                "must be the name of a PersistentVolumeClaim, found {:?}",
+                claim.claim_name
+            )
+        },
+    );
+    if let Some(sub_path) = &claim.sub_path {
+        check_relative(c, &format!("{at}.subPath"), sub_path);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -427,6 +481,54 @@ spec:
         match parse_experiment(&text, Path::new("m.yaml")) {
             Ok(_) => panic!("accepted with {to:?}"),
             Err(e) => e.to_string(),
+        }
+    }
+
+    const SPLIT: &str = "    split: {testFraction: 0.2, validationFraction: 0.1}\n";
+
+    #[test]
+    fn paths_and_stores_that_would_escape_or_not_resolve_are_refused() {
+        let cases: [(&str, &str, &str); 6] = [
+            (
+                "dataset: dataset.csv",
+                "dataset: ../../etc/passwd",
+                "spec.data.dataset: must be a relative path without '..'",
+            ),
+            (
+                "source: {localPath: data}",
+                "source: {persistentVolumeClaim: {claimName: mri, subPath: /abs}}",
+                "spec.data.source.persistentVolumeClaim.subPath: must be a relative path",
+            ),
+            (
+                "source: {localPath: data}",
+                "source: {persistentVolumeClaim: {claimName: \"\"}}",
+                "spec.data.source.persistentVolumeClaim.claimName: must be the name of a PersistentVolumeClaim",
+            ),
+            (
+                SPLIT,
+                &format!(
+                    "{SPLIT}  artifacts: {{persistentVolumeClaim: {{claimName: runs, subPath: a/../../x}}}}\n"
+                ),
+                "spec.artifacts.persistentVolumeClaim.subPath: must be a relative path without '..'",
+            ),
+            (
+                SPLIT,
+                &format!(
+                    "{SPLIT}  artifacts: {{s3: {{bucket: My_Bucket, credentialsSecret: {{name: k}}}}}}\n"
+                ),
+                "spec.artifacts.s3.bucket: must be a bucket name",
+            ),
+            (
+                SPLIT,
+                &format!(
+                    "{SPLIT}  artifacts: {{s3: {{bucket: b-1, prefix: ../up, endpoint: minio:9000, credentialsSecret: {{name: k}}}}}}\n"
+                ),
+                "spec.artifacts.s3.endpoint: must be an http:// or https:// URL",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let error = rejected(from, to);
+            assert!(error.contains(expected), "{to}: {error}");
         }
     }
 

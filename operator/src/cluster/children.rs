@@ -157,6 +157,23 @@ pub fn artifact_location(
             key: under(s3.prefix.as_deref()),
         });
     }
+    // An Experiment that started on the operator's default claim stays there, even if the
+    // operator restarts with another (or without one).
+    if store.is_none()
+        && let Some(recorded) = experiment
+            .status
+            .as_ref()
+            .and_then(|s| s.artifacts.as_deref())
+        && let Some((claim, path)) = recorded
+            .strip_prefix("pvc://")
+            .and_then(|r| r.split_once('/'))
+        && !claim.is_empty()
+    {
+        return Ok(ArtifactLocation::Claim {
+            claim: claim.into(),
+            path: path.into(),
+        });
+    }
     let (claim, sub_path) = match store.and_then(|s| s.persistent_volume_claim.as_ref()) {
         Some(claim) => (claim.claim_name.clone(), claim.sub_path.clone()),
         None => (
@@ -857,6 +874,12 @@ spec:
         };
         let location = artifact_location(&experiment(""), &settings).unwrap();
         assert_eq!(location.uri(), "pvc://shared/lab/hippo");
+        // Once recorded, the default claim stays the Experiment's, whatever the operator's.
+        let mut started = experiment("");
+        started.status = Some(Default::default());
+        started.status.as_mut().unwrap().artifacts = Some(location.uri());
+        let later = artifact_location(&started, &Settings::default()).unwrap();
+        assert_eq!(later, location);
     }
 
     #[test]

@@ -199,13 +199,39 @@ async fn reconcile_inner(cached: &Experiment, context: &Context) -> Result<Actio
     }
     let now = Timestamp::now();
     let old_status = experiment.status.clone().unwrap_or_default();
+    // A spec refused as invalid and then edited gets a fresh start.
+    let mut experiment = experiment;
+    let refused = old_status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == CONDITION_SUCCEEDED && c.reason == "InvalidSpec");
+    if refused && old_status.observed_generation != experiment.metadata.generation {
+        experiment.status = Some(ExperimentStatus::default());
+    }
+    let experiment = experiment;
 
     // Validate (pure): the schema has checked most of this, but an operator can meet objects
     // written before a rule existed.
     if let Some(problem) = invalid(&experiment, &context.settings) {
-        let mut status = old_status.clone();
+        let mut status = experiment.status.clone().unwrap_or_default();
         let transitions = reject(&mut status, &experiment, &problem, now);
         write_status(&experiments, &name, &old_status, &status).await?;
+        if !transitions.is_empty() {
+            context.metrics.experiment_finished("failed");
+            // A trainer started before the spec became invalid is stopped.
+            if let Some(last) = old_status.attempts.last()
+                && let Some(pod) = pods
+                    .get_opt(&last.pod)
+                    .await
+                    .map_err(api_error(format!("reading pod {namespace}/{}", last.pod)))?
+                && !matches!(
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            {
+                delete_pod(&pods, &last.pod, None).await?;
+            }
+        }
         publish(context, &experiment, &transitions).await;
         return Ok(Action::await_change());
     }
@@ -264,9 +290,14 @@ async fn reconcile_inner(cached: &Experiment, context: &Context) -> Result<Actio
         let mut status = plan.status.clone();
         let transition = pod_rejected(&mut status, &experiment, &message, now);
         write_status(&experiments, &name, &plan.status, &status).await?;
+        // Nothing started.
+        transitions.retain(|t| t.reason != "Started" && t.reason != "Resumed");
         transitions.extend(transition);
         publish(context, &experiment, &transitions).await;
         return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    if plan.create_attempt == Some(1) {
+        context.metrics.experiment_started();
     }
     if let Some(stale) = &plan.delete_pod {
         delete_pod(&pods, stale, observation.as_ref()).await?;
@@ -316,6 +347,10 @@ fn reject(
     status.phase = Some(ExperimentPhase::Failed);
     status.observed_generation = generation;
     status.completion_time.get_or_insert(Time(now));
+    if let Some(last) = status.attempts.last_mut().filter(|a| a.end.is_none()) {
+        last.end = Some(Time(now));
+        last.reason = Some("InvalidSpec".into());
+    }
     for (type_, reason) in [
         (CONDITION_SUCCEEDED, "InvalidSpec"),
         (CONDITION_RUNNING, "InvalidSpec"),
@@ -536,9 +571,6 @@ fn truncate(text: &str, max: usize) -> String {
 /// Counts Experiments finishing and attempts preempted or retried, from a status change.
 fn count_outcomes(context: &Context, old: &ExperimentStatus, new: &ExperimentStatus) {
     let metrics = &context.metrics;
-    if old.attempts.is_empty() && !new.attempts.is_empty() {
-        metrics.experiment_started();
-    }
     if old.phase != new.phase {
         match new.phase {
             Some(ExperimentPhase::Succeeded) => metrics.experiment_finished("succeeded"),

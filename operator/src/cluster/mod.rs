@@ -37,6 +37,10 @@ const LEASE_DURATION_S: u64 = 15;
 /// slow API server, as client-go's renew deadline leaves.
 const LEASE_GRACE_S: u64 = 10;
 
+/// How long the reconciles in flight get to finish after SIGTERM (a pod's default grace period
+/// is 30 s).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
 /// Arguments of `voxel operator`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct OperatorArgs {
@@ -64,8 +68,9 @@ pub struct OperatorArgs {
     /// (`auto` lets it fall back to the CPU; for test clusters).
     #[arg(long, env = "VOXEL_TRAINER_DEVICE")]
     pub trainer_device: Option<String>,
-    /// Address of the metrics and health endpoints.
-    #[arg(long, env = "VOXEL_METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    /// Address of the metrics and health endpoints (`HOST:PORT`, or `:PORT` for every
+    /// interface).
+    #[arg(long, env = "VOXEL_METRICS_ADDRESS", default_value = "0.0.0.0:8080", value_parser = parse_address)]
     pub metrics_address: SocketAddr,
     /// Hold a Lease before reconciling, so that only one of several replicas acts.
     #[arg(long, env = "VOXEL_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
@@ -97,7 +102,16 @@ struct Health {
 pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     let client = Client::try_default()
         .await
+        .context("no Kubernetes API configured (in-cluster config or KUBECONFIG)")?;
+    // Fail fast, and never report ready, without an API server to talk to.
+    let version = tokio::time::timeout(Duration::from_secs(30), client.apiserver_version())
+        .await
+        .context("the Kubernetes API did not answer within 30 s")?
         .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    info!(
+        version = version.git_version,
+        "connected to the Kubernetes API"
+    );
     let metrics = Arc::new(OperatorMetrics::new());
     let ready = Arc::new(AtomicBool::new(false));
     let health = Health {
@@ -226,7 +240,16 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
             }
         }
     };
-    experiment::run(context, args.namespace.as_deref(), shutdown).await;
+    // After a stop signal the reconciles in flight get a bounded time to finish.
+    let mut stopped = stop_rx.clone();
+    let deadline = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        _ = experiment::run(context, args.namespace.as_deref(), shutdown) => {}
+        _ = deadline => warn!("the controllers did not stop within {SHUTDOWN_GRACE:?}; exiting"),
+    }
 
     if let Some((leader, task)) = lease {
         // Closing the channel makes the manager release the Lease for the next leader.
@@ -264,6 +287,19 @@ async fn serve_ready(State(health): State<Health>) -> impl IntoResponse {
     }
 }
 
+/// `HOST:PORT` (a name is resolved) or `:PORT`.
+fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_string(),
+    };
+    full.to_socket_addrs()
+        .map_err(|e| format!("{text}: {e} (expected HOST:PORT or :PORT)"))?
+        .next()
+        .ok_or_else(|| format!("{text}: resolves to no address"))
+}
+
 fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -277,5 +313,19 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_address;
+
+    #[test]
+    fn metrics_addresses_take_a_port_alone_or_a_host_name() {
+        assert_eq!(parse_address(":8080").unwrap().to_string(), "0.0.0.0:8080");
+        assert_eq!(parse_address("127.0.0.1:0").unwrap().port(), 0);
+        assert!(parse_address("localhost:9090").unwrap().ip().is_loopback());
+        let error = parse_address("8080").unwrap_err();
+        assert!(error.contains("expected HOST:PORT or :PORT"), "{error}");
     }
 }

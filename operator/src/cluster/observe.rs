@@ -77,13 +77,46 @@ pub fn observe_pod(pod: &Pod, node: NodeState) -> PodObservation {
                 c.message.clone().unwrap_or_default(),
             )
         });
-    let terminated = status
+    let state = status
         .container_statuses
         .iter()
         .flatten()
         .find(|c| c.name == TRAINER_CONTAINER)
-        .and_then(|c| c.state.as_ref())
-        .and_then(|s| s.terminated.clone());
+        .and_then(|c| c.state.clone())
+        .unwrap_or_default();
+    let terminated = state.terminated.clone();
+    let started_at = state
+        .running
+        .as_ref()
+        .and_then(|r| r.started_at.clone())
+        .or_else(|| terminated.as_ref().and_then(|t| t.started_at.clone()))
+        .map(|t| t.0);
+    // Why it is not running: the container's waiting reason, else the scheduler's.
+    let waiting = state
+        .waiting
+        .as_ref()
+        .and_then(|w| {
+            let reason = w.reason.clone()?;
+            Some(match &w.message {
+                Some(message) if !message.is_empty() => format!("{reason}: {message}"),
+                _ => reason,
+            })
+        })
+        .or_else(|| {
+            let scheduled = status
+                .conditions
+                .iter()
+                .flatten()
+                .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+            Some(format!(
+                "{}: {}",
+                scheduled
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "NotScheduled".into()),
+                scheduled.message.clone().unwrap_or_default()
+            ))
+        });
     PodObservation {
         name: pod.metadata.name.clone().unwrap_or_default(),
         phase,
@@ -98,6 +131,8 @@ pub fn observe_pod(pod: &Pod, node: NodeState) -> PodObservation {
             .or(status.message.clone()),
         finished_at: terminated.and_then(|t| t.finished_at).map(|t| t.0),
         deleting: pod.metadata.deletion_timestamp.is_some(),
+        started_at,
+        waiting,
     }
 }
 
@@ -247,6 +282,42 @@ mod tests {
             NodeState::Ready,
         );
         assert_eq!(p.disruption.unwrap().0, "TerminationByKubelet");
+    }
+
+    #[test]
+    fn a_pending_pod_says_why() {
+        let mut unscheduled = pod(
+            "Pending",
+            None,
+            vec![PodCondition {
+                type_: "PodScheduled".into(),
+                status: "False".into(),
+                reason: Some("Unschedulable".into()),
+                message: Some("0/3 nodes are available: 3 Insufficient nvidia.com/gpu.".into()),
+                ..Default::default()
+            }],
+        );
+        let p = observe_pod(&unscheduled, NodeState::Unbound);
+        assert_eq!(
+            p.waiting.as_deref(),
+            Some("Unschedulable: 0/3 nodes are available: 3 Insufficient nvidia.com/gpu.")
+        );
+        unscheduled.status.as_mut().unwrap().container_statuses = Some(vec![ContainerStatus {
+            name: TRAINER_CONTAINER.into(),
+            state: Some(ContainerState {
+                waiting: Some(k8s_openapi::api::core::v1::ContainerStateWaiting {
+                    reason: Some("ImagePullBackOff".into()),
+                    message: Some("pull access denied".into()),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+        let p = observe_pod(&unscheduled, NodeState::Ready);
+        assert_eq!(
+            p.waiting.as_deref(),
+            Some("ImagePullBackOff: pull access denied")
+        );
     }
 
     #[test]
