@@ -20,6 +20,9 @@ struct OutcomeLabel {
     outcome: String,
 }
 
+/// The kinds of reconcile errors (see `ReconcileError::kind`).
+pub const ERROR_KINDS: [&str; 5] = ["conflict", "invalid", "forbidden", "api", "transport"];
+
 /// Every metric the operator exports (names get `voxel_` prefixed, counters `_total` suffixed).
 #[derive(Debug)]
 pub struct OperatorMetrics {
@@ -98,6 +101,16 @@ impl OperatorMetrics {
             "Time from creating a trainer pod to its trainer running",
             pending_for_gpu.clone(),
         );
+        // Every label value is exported from the start at 0, so that rates and alerts see a
+        // series before the first error or outcome.
+        for kind in ERROR_KINDS {
+            let _ = reconcile_errors.get_or_create(&KindLabel { kind: kind.into() });
+        }
+        for outcome in ["succeeded", "failed"] {
+            let _ = experiments_finished.get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            });
+        }
         Self {
             registry,
             reconciles,
@@ -180,6 +193,8 @@ mod tests {
             "voxel_experiments_finished_total{outcome=\"succeeded\"} 1",
             "voxel_attempts_preempted_total 1",
             "voxel_attempts_retried_total 0",
+            "voxel_reconcile_errors_total{kind=\"transport\"} 0",
+            "voxel_experiments_finished_total{outcome=\"failed\"} 0",
             "voxel_pending_for_gpu_seconds_count 1",
             "voxel_reconcile_duration_seconds_count 1",
         ] {
