@@ -170,17 +170,6 @@ pub fn control_plane() -> Option<ControlPlane> {
     }
 }
 
-/// A client of the test control plane, or `None` when there is none (see [`control_plane`]).
-pub async fn client_from_env() -> Option<kube::Client> {
-    let cluster = control_plane()?;
-    Some(
-        cluster
-            .client()
-            .await
-            .expect("the test control plane's kubeconfig gives a client"),
-    )
-}
-
 /// A running test control plane.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {

@@ -210,6 +210,44 @@ impl Cluster {
         }
     }
 
+    /// Waits until the operator has scraped at least `epoch` finished epochs of `name`.
+    async fn wait_for_epoch(&self, name: &str, epoch: u32) {
+        self.wait_for(
+            name,
+            &format!("past epoch {epoch}"),
+            TRAINING_TIMEOUT,
+            move |s| s.progress.as_ref().is_some_and(|p| p.epoch >= epoch),
+        )
+        .await;
+    }
+
+    /// What the trainer of pod `pod` wrote to stderr (empty if it never ran).
+    fn trainer_log(&self, pod: &str) -> String {
+        let path = self
+            .node()
+            .sandbox_dir(self.ns(), pod)
+            .join("trainer.stderr");
+        std::fs::read_to_string(path).unwrap_or_default()
+    }
+
+    /// Sets `spec.suspend` of `name` as a user would, with `kubectl patch`.
+    fn set_suspend(&self, name: &str, suspend: bool) {
+        let patch = format!(r#"{{"spec":{{"suspend":{suspend}}}}}"#);
+        self.control_plane.kubectl_ok(
+            &[
+                "patch",
+                "-n",
+                self.ns(),
+                "experiment",
+                name,
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+            None,
+        );
+    }
+
     async fn wait_finished(&self, name: &str) -> Experiment {
         self.wait_for(name, "finished", TRAINING_TIMEOUT, |s| {
             matches!(
@@ -470,11 +508,7 @@ async fn a_pod_preempted_mid_run_resumes_from_its_checkpoint_to_the_undisturbed_
     cluster.apply(&cluster.example("preempted", epochs));
 
     // Preempt once the trainer has checkpointed two epochs (the operator scrapes its progress).
-    cluster
-        .wait_for("preempted", "past epoch 2", TRAINING_TIMEOUT, |s| {
-            s.progress.as_ref().is_some_and(|p| p.epoch >= 2)
-        })
-        .await;
+    cluster.wait_for_epoch("preempted", 2).await;
     cluster
         .node()
         .preempt(cluster.ns(), "preempted-attempt-1")
@@ -510,13 +544,7 @@ async fn a_pod_preempted_mid_run_resumes_from_its_checkpoint_to_the_undisturbed_
     assert_eq!(preempted.attempts[0].exit_code, Some(143));
     assert_eq!((preempted.preemptions, preempted.retries), (1, 0));
     // The second attempt resumed from the checkpoint instead of starting over.
-    let log = std::fs::read_to_string(
-        cluster
-            .node()
-            .sandbox_dir(cluster.ns(), "preempted-attempt-2")
-            .join("trainer.stderr"),
-    )
-    .unwrap_or_default();
+    let log = cluster.trainer_log("preempted-attempt-2");
     assert!(
         log.contains("resum"),
         "attempt 2 did not resume:\n{}",
@@ -535,11 +563,7 @@ async fn an_operator_killed_mid_run_and_restarted_makes_no_second_pod_and_loses_
     };
     let name = "restarted";
     cluster.apply(&cluster.example(name, 3));
-    cluster
-        .wait_for(name, "training", TRAINING_TIMEOUT, |s| {
-            s.progress.as_ref().is_some_and(|p| p.epoch >= 1)
-        })
-        .await;
+    cluster.wait_for_epoch(name, 1).await;
     cluster.kill_operator();
     cluster.start_operator();
 
@@ -670,24 +694,8 @@ async fn suspending_mid_run_deletes_the_pod_and_clearing_it_resumes_from_the_che
     };
     let name = "suspended";
     cluster.apply(&cluster.example(name, 4));
-    cluster
-        .wait_for(name, "past epoch 1", TRAINING_TIMEOUT, |s| {
-            s.progress.as_ref().is_some_and(|p| p.epoch >= 1)
-        })
-        .await;
-    cluster.control_plane.kubectl_ok(
-        &[
-            "patch",
-            "-n",
-            cluster.ns(),
-            "experiment",
-            name,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"suspend":true}}"#,
-        ],
-        None,
-    );
+    cluster.wait_for_epoch(name, 1).await;
+    cluster.set_suspend(name, true);
     let suspended = cluster
         .wait_for(name, "suspended", Duration::from_secs(120), |s| {
             s.phase == Some(ExperimentPhase::Suspended)
@@ -710,19 +718,7 @@ async fn suspending_mid_run_deletes_the_pod_and_clearing_it_resumes_from_the_che
         .await
         .expect("the trainer pod is deleted");
 
-    cluster.control_plane.kubectl_ok(
-        &[
-            "patch",
-            "-n",
-            cluster.ns(),
-            "experiment",
-            name,
-            "--type=merge",
-            "-p",
-            r#"{"spec":{"suspend":false}}"#,
-        ],
-        None,
-    );
+    cluster.set_suspend(name, false);
     let done = cluster.wait_finished(name).await.status.unwrap();
     assert_eq!(done.phase, Some(ExperimentPhase::Succeeded), "{done:#?}");
     let reasons: Vec<_> = done.attempts.iter().map(|a| a.reason.as_deref()).collect();
@@ -737,13 +733,7 @@ async fn suspending_mid_run_deletes_the_pod_and_clearing_it_resumes_from_the_che
         (suspended.status, suspended.reason.as_str()),
         (ConditionStatus::False, "Resumed")
     );
-    let log = std::fs::read_to_string(
-        cluster
-            .node()
-            .sandbox_dir(cluster.ns(), "suspended-attempt-2")
-            .join("trainer.stderr"),
-    )
-    .unwrap_or_default();
+    let log = cluster.trainer_log("suspended-attempt-2");
     assert!(
         log.contains("resuming from checkpoint"),
         "attempt 2 did not resume:\n{}",
@@ -970,11 +960,7 @@ async fn artifacts_in_a_bucket_survive_a_preemption_and_hold_the_results() {
     .unwrap();
     cluster.apply(&manifest);
 
-    cluster
-        .wait_for(name, "past epoch 2", TRAINING_TIMEOUT, |s| {
-            s.progress.as_ref().is_some_and(|p| p.epoch >= 2)
-        })
-        .await;
+    cluster.wait_for_epoch(name, 2).await;
     cluster
         .node()
         .preempt(cluster.ns(), "in-a-bucket-attempt-1")
@@ -991,13 +977,7 @@ async fn artifacts_in_a_bucket_survive_a_preemption_and_hold_the_results() {
     );
 
     // The second pod started with an empty folder of its own: it resumed from the bucket.
-    let log = std::fs::read_to_string(
-        cluster
-            .node()
-            .sandbox_dir(cluster.ns(), "in-a-bucket-attempt-2")
-            .join("trainer.stderr"),
-    )
-    .unwrap_or_default();
+    let log = cluster.trainer_log("in-a-bucket-attempt-2");
     assert!(
         log.contains("pulled the previous attempt's artifacts"),
         "{}",
