@@ -129,6 +129,22 @@ pub const SPLIT_LEAVES_TRAINING: Rule = Rule {
     field_path: None,
 };
 
+/// `spec.data.split.fold` chooses the validation subjects itself.
+pub const FOLD_WITHOUT_VALIDATION_SPLIT: Rule = Rule {
+    rule: "!has(self.fold) || (!has(self.validationFraction) && \
+           (!has(self.validationSubjects) || size(self.validationSubjects) == 0))",
+    message: "validationSubjects and validationFraction must not be set with fold: the fold \
+              is the validation set",
+    field_path: Some(".fold"),
+};
+
+/// `spec.data.split.fold.index` names one of the folds.
+pub const FOLD_INDEX_RANGE: Rule = Rule {
+    rule: "self.index < self.folds",
+    message: "index must be less than folds (folds are numbered from 0)",
+    field_path: Some(".index"),
+};
+
 // --- References to models (compareTo, publish, ensemble members) ---
 
 /// A model name: a DNS-1123 label of at most [`MODEL_NAME_MAX_LENGTH`] characters.
@@ -197,10 +213,11 @@ pub const TEMPLATE_WITHOUT_PUBLISH: Rule = Rule {
 pub const TEMPLATE_WITHOUT_VALIDATION_SPLIT: Rule = Rule {
     rule: "!has(self.template.data.split) || \
            (!has(self.template.data.split.validationFraction) && \
+           !has(self.template.data.split.fold) && \
            (!has(self.template.data.split.validationSubjects) || \
            size(self.template.data.split.validationSubjects) == 0))",
-    message: "validationSubjects and validationFraction must not be set in a template: each \
-              fold validates on its own subjects",
+    message: "validationSubjects, validationFraction and fold must not be set in a template: \
+              each fold validates on its own subjects",
     field_path: Some(".template.data.split"),
 };
 
@@ -254,7 +271,7 @@ pub const SHA256_DIGEST: Rule = Rule {
 };
 
 /// Every rule above, for tests that check each one is attached and mirrored.
-pub const ALL: [Rule; 24] = [
+pub const ALL: [Rule; 26] = [
     DATA_SOURCE_EXACTLY_ONE,
     DATA_SOURCE_IMMUTABLE,
     ARTIFACT_STORE_EXACTLY_ONE,
@@ -264,6 +281,8 @@ pub const ALL: [Rule; 24] = [
     TEST_FRACTION_RANGE,
     VALIDATION_FRACTION_RANGE,
     SPLIT_LEAVES_TRAINING,
+    FOLD_WITHOUT_VALIDATION_SPLIT,
+    FOLD_INDEX_RANGE,
     MODEL_NAME,
     ALIAS_NAME,
     VERSION_OR_ALIAS,
@@ -349,6 +368,13 @@ pub(crate) mod attach {
     }
     pub fn split(schema: &mut Schema) {
         SPLIT_LEAVES_TRAINING.attach(schema);
+        FOLD_WITHOUT_VALIDATION_SPLIT.attach(schema);
+    }
+    pub fn fold_selection(schema: &mut Schema) {
+        FOLD_INDEX_RANGE.attach(schema);
+    }
+    pub fn fold_count(schema: &mut Schema) {
+        FOLDS_RANGE.attach(schema);
     }
     pub fn model_name(schema: &mut Schema) {
         max_length(schema, MODEL_NAME_MAX_LENGTH);

@@ -755,6 +755,26 @@ pub struct SplitSpec {
     /// Seed of the random split by fractions.
     #[serde(default)]
     pub seed: u64,
+    /// Validate on one fold of a k-fold deal of the subjects outside the test set, and train on
+    /// the other folds. A CrossValidation sets it on the Experiment of each fold; it excludes
+    /// `validationSubjects` and `validationFraction`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fold: Option<FoldSelection>,
+}
+
+/// One fold of a k-fold deal of the subjects outside the test set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(transform = attach::fold_selection)]
+pub struct FoldSelection {
+    /// Number of folds the subjects are dealt into.
+    #[schemars(transform = attach::fold_count)]
+    pub folds: u32,
+    /// The fold that validates, from 0.
+    pub index: u32,
+    /// Seed of the deal.
+    #[serde(default)]
+    pub seed: u64,
 }
 
 /// What has happened to an Experiment. Its outcome is in the conditions: `Running`,

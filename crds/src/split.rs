@@ -1,5 +1,5 @@
 //! Subject-level split into training, validation and test sets: the meaning of
-//! [`SplitSpec`].
+//! [`SplitSpec`], and the fold assignment of a cross-validation.
 //!
 //! Splits are by subject, never by file: every image and mask of a subject lands in the same
 //! set. Explicit lists win over fractions; the random split is a seeded shuffle of the sorted
@@ -34,6 +34,9 @@ pub enum SplitError {
         /// The subjects not found, in the order listed.
         subjects: Vec<String>,
     },
+    /// The subjects outside the test set cannot be dealt into the folds asked for.
+    #[error("spec.data.split.fold: {0}")]
+    Folds(FoldError),
     /// Nothing is left to train on.
     #[error("spec.data.split leaves no training subject out of {subjects} subjects")]
     NoTrainingSubjects {
@@ -84,8 +87,26 @@ pub fn split_subjects(subjects: &[String], spec: &SplitSpec) -> Result<Split, Sp
     // the validation fraction is. (An explicit validation list changes `remaining`, and so
     // the draw: callers that vary validation lists pass the test set as an explicit list.)
     let mut test = take(&spec.test_subjects, spec.test_fraction);
-    let mut validation = take(&spec.validation_subjects, spec.validation_fraction);
-    let mut train = remaining;
+    let (mut validation, mut train) = match &spec.fold {
+        // One fold of the deal of the subjects outside the test set validates; the rest train.
+        Some(fold) => {
+            let mut folds =
+                assign_folds(&remaining, fold.folds, fold.seed).map_err(SplitError::Folds)?;
+            let index = fold.index as usize;
+            if index >= folds.len() {
+                return Err(SplitError::Folds(FoldError::NoSuchFold {
+                    index: fold.index,
+                    folds: fold.folds,
+                }));
+            }
+            let validation = folds.remove(index);
+            (validation, folds.into_iter().flatten().collect())
+        }
+        None => (
+            take(&spec.validation_subjects, spec.validation_fraction),
+            remaining,
+        ),
+    };
     if train.is_empty() {
         return Err(SplitError::NoTrainingSubjects {
             subjects: all.len(),
@@ -99,6 +120,66 @@ pub fn split_subjects(subjects: &[String], spec: &SplitSpec) -> Result<Split, Sp
         validation,
         test,
     })
+}
+
+/// Why subjects cannot be dealt into folds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FoldError {
+    /// Fewer subjects than folds would leave a fold empty.
+    #[error("{folds} folds need at least {folds} subjects outside the test set, found {subjects}")]
+    TooFewSubjects {
+        /// Folds asked for.
+        folds: u32,
+        /// Subjects available.
+        subjects: usize,
+    },
+    /// One fold cannot validate anything: there is no training set left.
+    #[error("at least 2 folds are needed, found {0}")]
+    TooFewFolds(u32),
+    /// The fold asked for is not one of them.
+    #[error("fold {index} does not exist: folds are numbered from 0 to {}", folds - 1)]
+    NoSuchFold {
+        /// The fold asked for.
+        index: u32,
+        /// Folds there are.
+        folds: u32,
+    },
+}
+
+/// Deals the subjects (any order, duplicates ignored) into `folds` folds, each sorted.
+///
+/// Folds are made of subjects, never of files, so that every image of a subject lands in the
+/// same fold. The deal is a seeded shuffle of the sorted subject identifiers dealt out in turn,
+/// so it depends only on the set of subjects, the number of folds and the seed. Fold `f` of the
+/// result holds the subjects that validate fold `f`; the other folds train it. Fold sizes differ
+/// by at most one subject.
+pub fn assign_folds(
+    subjects: &[String],
+    folds: u32,
+    seed: u64,
+) -> Result<Vec<Vec<String>>, FoldError> {
+    if folds < 2 {
+        return Err(FoldError::TooFewFolds(folds));
+    }
+    let mut shuffled: Vec<String> = subjects.to_vec();
+    shuffled.sort();
+    shuffled.dedup();
+    if shuffled.len() < folds as usize {
+        return Err(FoldError::TooFewSubjects {
+            folds,
+            subjects: shuffled.len(),
+        });
+    }
+
+    shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    let mut assignment = vec![Vec::new(); folds as usize];
+    for (position, subject) in shuffled.into_iter().enumerate() {
+        assignment[position % folds as usize].push(subject);
+    }
+    for fold in &mut assignment {
+        fold.sort();
+    }
+    Ok(assignment)
 }
 
 #[cfg(test)]
@@ -183,6 +264,76 @@ mod tests {
         let message = err.to_string();
         assert!(
             message.contains("spec.data.split.testSubjects") && message.contains("nobody"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_fold_validates_on_its_share_of_the_deal_of_the_subjects_outside_the_test_set() {
+        use crate::experiment::FoldSelection;
+        let subjects = ids(23);
+        let base = fractions(0.2, 0.0, 5);
+        let plain = split_subjects(&subjects, &base).unwrap();
+        let pool: Vec<String> = subjects
+            .iter()
+            .filter(|s| !plain.test.contains(s))
+            .cloned()
+            .collect();
+        let folds = assign_folds(&pool, 3, 11).unwrap();
+        let mut validated = Vec::new();
+        for index in 0..3 {
+            let spec = SplitSpec {
+                validation_fraction: None,
+                fold: Some(FoldSelection {
+                    folds: 3,
+                    index,
+                    seed: 11,
+                }),
+                ..base.clone()
+            };
+            let split = split_subjects(&subjects, &spec).unwrap();
+            assert_eq!(split.test, plain.test, "fold {index}: the same test set");
+            assert_eq!(split.validation, folds[index as usize]);
+            let mut train: Vec<String> = folds
+                .iter()
+                .enumerate()
+                .filter(|(f, _)| *f != index as usize)
+                .flat_map(|(_, fold)| fold.clone())
+                .collect();
+            train.sort();
+            assert_eq!(split.train, train);
+            validated.extend(split.validation);
+        }
+        validated.sort();
+        assert_eq!(
+            validated, pool,
+            "every subject outside the test set validates once"
+        );
+
+        let missing = SplitSpec {
+            fold: Some(FoldSelection {
+                folds: 3,
+                index: 3,
+                seed: 0,
+            }),
+            ..base.clone()
+        };
+        let message = split_subjects(&subjects, &missing).unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "spec.data.split.fold: fold 3 does not exist: folds are numbered from 0 to 2"
+        );
+        let too_many = SplitSpec {
+            fold: Some(FoldSelection {
+                folds: 20,
+                index: 0,
+                seed: 0,
+            }),
+            ..base
+        };
+        let message = split_subjects(&ids(10), &too_many).unwrap_err().to_string();
+        assert!(
+            message.contains("20 folds need at least 20 subjects"),
             "{message}"
         );
     }

@@ -6,58 +6,7 @@
 //! dataset CSV does not matter, and changing the seed changes the folds. Fold sizes differ by at
 //! most one subject.
 
-use rand::{SeedableRng, seq::SliceRandom};
-use rand_chacha::ChaCha8Rng;
-
-/// Why subjects cannot be dealt into folds.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FoldError {
-    /// Fewer subjects than folds would leave a fold empty.
-    #[error(
-        "spec.folds: {folds} folds need at least {folds} subjects outside the test set, found {subjects}"
-    )]
-    TooFewSubjects {
-        /// Folds asked for.
-        folds: u32,
-        /// Subjects available.
-        subjects: usize,
-    },
-    /// One fold cannot validate anything: there is no training set left.
-    #[error("spec.folds: at least 2 folds are needed, found {0}")]
-    TooFewFolds(u32),
-}
-
-/// Deals the subjects (any order, duplicates ignored) into `folds` folds, each sorted.
-///
-/// Fold `f` of the result holds the subjects that validate fold `f`; the other folds train it.
-pub fn assign_folds(
-    subjects: &[String],
-    folds: u32,
-    seed: u64,
-) -> Result<Vec<Vec<String>>, FoldError> {
-    if folds < 2 {
-        return Err(FoldError::TooFewFolds(folds));
-    }
-    let mut shuffled: Vec<String> = subjects.to_vec();
-    shuffled.sort();
-    shuffled.dedup();
-    if shuffled.len() < folds as usize {
-        return Err(FoldError::TooFewSubjects {
-            folds,
-            subjects: shuffled.len(),
-        });
-    }
-
-    shuffled.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    let mut assignment = vec![Vec::new(); folds as usize];
-    for (position, subject) in shuffled.into_iter().enumerate() {
-        assignment[position % folds as usize].push(subject);
-    }
-    for fold in &mut assignment {
-        fold.sort();
-    }
-    Ok(assignment)
-}
+pub use voxel_crds::split::{FoldError, assign_folds};
 
 #[cfg(test)]
 mod tests {

@@ -44,6 +44,10 @@ pub struct Lineage {
     pub source_kind: String,
     /// Name of that resource.
     pub source_name: String,
+    /// UID of that resource (cluster mode).
+    pub source_uid: Option<String>,
+    /// Image of the trainer that produced it (cluster mode).
+    pub trainer_image: Option<String>,
     /// Where its manifest was read (local mode).
     pub manifest_path: String,
     /// `sha256:<hex>` of the manifest.
@@ -58,6 +62,28 @@ pub struct Lineage {
     pub git_commit: Option<String>,
     /// The trainer runs it came from.
     pub runs: Vec<String>,
+}
+
+/// The files of a version, each `(file to read, path inside the version)`, with their digests,
+/// and the digest of them all: SHA-256 over every path and file digest in order.
+pub fn digest_artifacts(
+    files: &[(std::path::PathBuf, String)],
+) -> Result<(Vec<ArtifactFile>, String), (std::path::PathBuf, std::io::Error)> {
+    use sha2::{Digest, Sha256};
+    let mut overall = Sha256::new();
+    let mut listed = Vec::new();
+    for (source, path) in files {
+        let (digest, bytes) =
+            crate::digest::digest_file(source).map_err(|e| (source.clone(), e))?;
+        overall.update(path.as_bytes());
+        overall.update(digest.as_bytes());
+        listed.push(ArtifactFile {
+            path: path.clone(),
+            digest,
+            bytes,
+        });
+    }
+    Ok((listed, crate::digest::format_digest(overall)))
 }
 
 /// Whether an alias may move from `holder` to a candidate, given the comparison of the candidate
@@ -80,7 +106,7 @@ pub fn promotion_allowed(comparison: &Comparison, holder: u32) -> Result<(), Str
     }
 }
 
-/// The Model resource of a new version, as YAML.
+/// The Model resource of a new version, as YAML, with the manifest path in an annotation.
 #[allow(clippy::too_many_arguments)]
 pub fn model_manifest(
     model: &str,
@@ -92,6 +118,40 @@ pub fn model_manifest(
     comparison: Option<&Comparison>,
     lineage: &Lineage,
 ) -> Result<String, String> {
+    let mut resource = model_resource(
+        model,
+        version,
+        content,
+        &format!("{model}/versions/{version}"),
+        files,
+        artifact_digest,
+        metrics,
+        comparison,
+        lineage,
+    )?;
+    resource.metadata.annotations = Some(
+        [(
+            "voxel.dev/manifest-path".to_string(),
+            lineage.manifest_path.clone(),
+        )]
+        .into(),
+    );
+    serde_yaml::to_string(&resource).map_err(|e| e.to_string())
+}
+
+/// The Model resource of a new version whose artifacts are at `location`.
+#[allow(clippy::too_many_arguments)]
+pub fn model_resource(
+    model: &str,
+    version: u32,
+    content: &ModelContent,
+    location: &str,
+    files: &[ArtifactFile],
+    artifact_digest: &str,
+    metrics: &[StructureSummary],
+    comparison: Option<&Comparison>,
+    lineage: &Lineage,
+) -> Result<voxel_crds::Model, String> {
     use voxel_crds::model::{
         ArtifactFileSpec, ArtifactSpec, EnsembleConfiguration, LineageSource, LineageSpec, Model,
         ModelConfiguration, ModelVersionSpec, SourceKind, model_object_name,
@@ -126,7 +186,7 @@ pub fn model_manifest(
         version,
         configuration,
         artifact: ArtifactSpec {
-            location: format!("{model}/versions/{version}"),
+            location: location.to_string(),
             digest: artifact_digest.to_string(),
             files: files
                 .iter()
@@ -144,13 +204,13 @@ pub fn model_manifest(
             source: LineageSource {
                 kind,
                 name: lineage.source_name.clone(),
-                uid: None,
+                uid: lineage.source_uid.clone(),
             },
             manifest_digest: lineage.manifest_digest.clone(),
             dataset_digest: lineage.dataset_digest.clone(),
             seed: lineage.seed,
             trainer_version: lineage.trainer_version.clone(),
-            trainer_image: None,
+            trainer_image: lineage.trainer_image.clone(),
             git_commit: lineage.git_commit.clone(),
             runs: lineage.runs.clone(),
         },
@@ -158,15 +218,7 @@ pub fn model_manifest(
             k8s_openapi::jiff::Timestamp::now(),
         ),
     };
-    let mut resource = Model::new(&model_object_name(model, version), spec);
-    resource.metadata.annotations = Some(
-        [(
-            "voxel.dev/manifest-path".to_string(),
-            lineage.manifest_path.clone(),
-        )]
-        .into(),
-    );
-    serde_yaml::to_string(&resource).map_err(|e| e.to_string())
+    Ok(Model::new(&model_object_name(model, version), spec))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use kube::{
     runtime::wait::await_condition,
 };
 use voxel_crds::{
-    Experiment,
+    CrossValidation, Ensemble, Experiment, Model,
     common::ConditionStatus,
     experiment::{ExperimentPhase, ExperimentStatus},
 };
@@ -134,6 +134,13 @@ impl Cluster {
                 "auto",
                 "--scrape-interval",
                 "1",
+                "--claim-mount",
+                &format!(
+                    "{ARTIFACTS_CLAIM}={}",
+                    self.tmp.path().join("artifacts").display()
+                ),
+                "--claim-mount",
+                &format!("{DATA_CLAIM}={}", example_data().display()),
             ])
             .args(extra)
             .env("KUBECONFIG", &self.control_plane.kubeconfig)
@@ -1014,4 +1021,426 @@ async fn artifacts_in_a_bucket_survive_a_preemption_and_hold_the_results() {
         let head = store.head(&Key::from(format!("{key}/{file}"))).await;
         assert!(head.is_ok(), "{file} is not in the bucket: {head:?}");
     }
+}
+
+// --- CrossValidation, Ensemble and Model ---
+
+/// The cluster CrossValidation example, shrunk like [`Cluster::example`], its folds placed on
+/// this test's node.
+fn cv_example(cluster: &Cluster, name: &str, epochs: u32) -> serde_yaml::Value {
+    let mut manifest = shrunk_example("cross-validation-cluster.yaml", epochs);
+    manifest["metadata"]["name"] = name.into();
+    let (selector, tolerations) = cluster.node().pod_placement();
+    let scheduling = &mut manifest["spec"]["template"]["scheduling"];
+    scheduling["nodeSelector"] = serde_yaml::to_value(selector).unwrap();
+    scheduling["tolerations"] = serde_yaml::to_value(tolerations).unwrap();
+    manifest
+}
+
+/// Waits until `api`'s object `name` satisfies `condition`; panics with the object and the
+/// operator's log otherwise.
+async fn wait_for_object<K>(
+    cluster: &Cluster,
+    api: Api<K>,
+    name: &str,
+    what: &str,
+    limit: Duration,
+    condition: impl Fn(&K) -> bool + Send + 'static,
+) -> K
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let matches = move |o: Option<&K>| o.is_some_and(&condition);
+    match tokio::time::timeout(limit, await_condition(api.clone(), name, matches)).await {
+        Ok(Ok(Some(object))) => object,
+        other => panic!(
+            "{name}: not {what} within {limit:?} ({other:?}); now {:#?}\noperator log:\n{}",
+            api.get_opt(name).await,
+            tail(&cluster.operator_log(), 8000)
+        ),
+    }
+}
+
+fn succeeded(conditions: &[voxel_crds::common::Condition]) -> Option<ConditionStatus> {
+    conditions
+        .iter()
+        .find(|c| c.type_ == "Succeeded")
+        .map(|c| c.status)
+}
+
+/// Per structure, the mean Dice of a trainer's `metrics.csv`, computed here from its rows.
+fn mean_dice_by_structure(csv: &std::path::Path) -> BTreeMap<String, f64> {
+    let mut reader =
+        csv::Reader::from_path(csv).unwrap_or_else(|e| panic!("{}: {e}", csv.display()));
+    let headers = reader.headers().unwrap().clone();
+    let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
+    let (structure, dice) = (column("structure"), column("dice"));
+    let mut values: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for row in reader.records() {
+        let row = row.unwrap();
+        let value: f64 = row[dice].parse().unwrap();
+        if value.is_finite() {
+            values
+                .entry(row[structure].to_string())
+                .or_default()
+                .push(value);
+        }
+    }
+    values
+        .into_iter()
+        .map(|(s, v)| (s, v.iter().sum::<f64>() / v.len() as f64))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cross_validation_trains_its_folds_as_pods_builds_one_ensemble_and_publishes_versions() {
+    let Some(cluster) = Cluster::start("op-cv", 2).await else {
+        return;
+    };
+    let ns = cluster.ns().to_string();
+    let cvs: Api<CrossValidation> = Api::namespaced(cluster.client.clone(), &ns);
+    let ensembles: Api<Ensemble> = Api::namespaced(cluster.client.clone(), &ns);
+    let models: Api<Model> = Api::namespaced(cluster.client.clone(), &ns);
+    let name = "hippocampus-cv";
+    let mut manifest = cv_example(&cluster, name, 2);
+    manifest["metadata"]["annotations"]["voxel.dev/git-commit"] = "0123abcd".into();
+    cluster.apply(&manifest);
+
+    // Two folds train at once; fold 1 is deleted while it trains and comes back.
+    let fold1 = format!("{name}-fold-1");
+    cluster.wait_for_epoch(&fold1, 1).await;
+    let first_uid = cluster.experiments().get(&fold1).await.unwrap().uid();
+    let running = cluster
+        .pods()
+        .list(&ListParams::default().labels("voxel.dev/experiment"))
+        .await
+        .unwrap();
+    let training = running
+        .items
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .count();
+    assert!(
+        training <= 2,
+        "parallelism 2, found {training} trainer pods running"
+    );
+    cluster
+        .experiments()
+        .delete(&fold1, &DeleteParams::foreground())
+        .await
+        .unwrap();
+    wait_for_object(
+        &cluster,
+        cluster.experiments(),
+        &fold1,
+        "created again",
+        TRAINING_TIMEOUT,
+        move |e: &Experiment| e.uid() != first_uid,
+    )
+    .await;
+
+    let cv = wait_for_object(
+        &cluster,
+        cvs.clone(),
+        name,
+        "finished",
+        Duration::from_secs(1500),
+        |cv: &CrossValidation| {
+            cv.status
+                .as_ref()
+                .and_then(|s| succeeded(&s.conditions))
+                .is_some_and(|s| s != ConditionStatus::Unknown)
+        },
+    )
+    .await;
+    let status = cv.status.clone().unwrap();
+    assert_eq!(
+        succeeded(&status.conditions),
+        Some(ConditionStatus::True),
+        "{status:#?}"
+    );
+
+    // The folds: each validated on its own share of the subjects outside the test set, as the
+    // fold assignment of local mode deals them.
+    let csv = example_data().join("dataset_small.csv");
+    let all = voxel_e2e::dataset_subjects(&csv);
+    let split = voxel_crds::split::split_subjects(
+        &all,
+        &voxel_crds::experiment::SplitSpec {
+            test_fraction: Some(0.2),
+            seed: 7,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let pool: Vec<String> = all
+        .iter()
+        .filter(|s| !split.test.contains(s))
+        .cloned()
+        .collect();
+    let expected = voxel_operator::folds::assign_folds(&pool, 3, 11).unwrap();
+    assert_eq!(status.test_subjects, split.test);
+    let recorded: Vec<Vec<String>> = status
+        .fold_assignment
+        .iter()
+        .map(|a| a.subjects.clone())
+        .collect();
+    assert_eq!(recorded, expected, "{:#?}", status.fold_assignment);
+    assert_eq!(status.folds_succeeded, 3);
+    for fold in &status.folds {
+        let dir = cluster.artifact_dir(&fold.experiment);
+        let trained = read_json(&dir.join("split.json"));
+        assert_eq!(
+            trained["validation"],
+            serde_json::json!(expected[fold.fold as usize])
+        );
+        assert_eq!(fold.metrics.len(), 2, "{fold:#?}");
+    }
+    // The aggregate's Dice is the mean over the folds of each fold's mean Dice.
+    for aggregate in &status.aggregate {
+        let fold_means: Vec<f64> = status
+            .folds
+            .iter()
+            .map(|f| {
+                f.metrics
+                    .iter()
+                    .find(|m| m.structure == aggregate.structure)
+                    .unwrap()
+                    .dice
+                    .mean
+                    .unwrap()
+            })
+            .collect();
+        let mean = fold_means.iter().sum::<f64>() / 3.0;
+        assert!(
+            (aggregate.dice.mean.unwrap() - mean).abs() < 1e-9,
+            "{aggregate:#?}"
+        );
+    }
+
+    // One Ensemble, whose metrics are those of its metrics.csv.
+    let all_ensembles = ensembles.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(all_ensembles.len(), 1, "exactly one ensemble");
+    let ensemble = &all_ensembles[0];
+    assert_eq!(status.ensemble.as_deref(), Some("hippocampus-cv-ensemble"));
+    let ensemble_dir = cluster.artifact_dir("hippocampus-cv-ensemble");
+    let dice = mean_dice_by_structure(&ensemble_dir.join("metrics.csv"));
+    for summary in &status.ensemble_metrics {
+        assert!(
+            (summary.dice.mean.unwrap() - dice[&summary.structure]).abs() < 1e-9,
+            "{summary:#?} vs {dice:?}"
+        );
+    }
+    assert_eq!(
+        ensemble.status.as_ref().unwrap().metrics,
+        status.ensemble_metrics
+    );
+
+    // Version 1, with its lineage.
+    assert_eq!(
+        status
+            .published_model
+            .as_ref()
+            .map(|m| (m.model.as_str(), m.version)),
+        Some(("hippocampus", 1))
+    );
+    let v1 = models.get("hippocampus-v1").await.unwrap();
+    let lineage = &v1.spec.lineage;
+    assert_eq!(lineage.source.name, name);
+    assert_eq!(lineage.source.uid.as_deref(), cv.metadata.uid.as_deref());
+    assert_eq!(lineage.git_commit.as_deref(), Some("0123abcd"));
+    assert_eq!(lineage.trainer_image.as_deref(), Some("voxel-trainer:test"));
+    assert_eq!(lineage.seed, 42);
+    assert_eq!(
+        lineage.runs,
+        (0..3)
+            .map(|f| format!("{name}-fold-{f}"))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        lineage.dataset_digest.starts_with("sha256:"),
+        "{lineage:#?}"
+    );
+    assert!(v1.spec.comparison.is_none());
+    assert_eq!(v1.spec.metrics, status.ensemble_metrics);
+    let base = cluster.tmp.path().join("artifacts/experiments").join(&ns);
+    assert_eq!(
+        v1.spec.artifact.location,
+        format!("pvc://{ARTIFACTS_CLAIM}/experiments/{ns}")
+    );
+    assert_eq!(
+        v1.spec.artifact.files.len(),
+        7,
+        "{:#?}",
+        v1.spec.artifact.files
+    );
+    for file in &v1.spec.artifact.files {
+        assert_eq!(
+            file.digest,
+            voxel_e2e::sha256_file(&base.join(&file.path)),
+            "{}",
+            file.path
+        );
+    }
+
+    // A second run, compared with version 1, publishes version 2 with p-values and verdicts.
+    let second = "hippocampus-cv-2";
+    let mut manifest = cv_example(&cluster, second, 2);
+    manifest["spec"]["folds"] = 2.into();
+    manifest["spec"]["compareTo"] =
+        serde_yaml::from_str("{model: hippocampus, version: 1}").unwrap();
+    cluster.apply(&manifest);
+    let cv2 = wait_for_object(
+        &cluster,
+        cvs.clone(),
+        second,
+        "finished",
+        Duration::from_secs(1500),
+        |cv: &CrossValidation| {
+            cv.status
+                .as_ref()
+                .and_then(|s| succeeded(&s.conditions))
+                .is_some_and(|s| s != ConditionStatus::Unknown)
+        },
+    )
+    .await;
+    let status2 = cv2.status.unwrap();
+    assert_eq!(
+        succeeded(&status2.conditions),
+        Some(ConditionStatus::True),
+        "{status2:#?}"
+    );
+    assert_eq!(status2.published_model.as_ref().map(|m| m.version), Some(2));
+    let comparison = status2.comparison.expect("a comparison in status");
+    assert_eq!(comparison.baseline, "hippocampus:1");
+    assert_eq!(comparison.verdicts.len(), 2, "{comparison:#?}");
+    // Every test with differing pairs has a p-value; Dice of the primary structure is tested.
+    for test in &comparison.tests {
+        if test.nonzero_pairs > 0 {
+            assert!(
+                test.p_value.is_some_and(|p| (0.0..=1.0).contains(&p)),
+                "{test:#?}"
+            );
+        }
+    }
+    assert!(
+        comparison
+            .tests
+            .iter()
+            .any(|t| t.metric == "dice" && t.p_value.is_some()),
+        "{comparison:#?}"
+    );
+    assert_eq!(comparison.candidate, format!("CrossValidation {second}"));
+    let v2 = models.get("hippocampus-v2").await.unwrap();
+    assert_eq!(v2.spec.comparison.as_ref(), Some(&comparison));
+    assert_eq!(
+        models
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+    assert_eq!(
+        ensembles
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_publishers_get_distinct_consecutive_versions_and_a_retry_makes_none() {
+    let Some(control_plane) = control_plane() else {
+        return;
+    };
+    control_plane.install_crds();
+    let namespace = control_plane.namespace("op-publish");
+    let client = control_plane.client().await.unwrap();
+    let ns = namespace.name.clone();
+    let manifest: Experiment =
+        serde_yaml::from_value(shrunk_example("experiment-cluster.yaml", 1)).unwrap();
+    let resource = |source: &str| {
+        voxel_operator::publication::model_resource(
+            "liver",
+            1,
+            &voxel_operator::publication::ModelContent::Single {
+                configuration: manifest.spec.clone(),
+            },
+            "pvc://artifacts/runs",
+            &[],
+            &format!("sha256:{}", "0".repeat(64)),
+            &[],
+            None,
+            &voxel_operator::publication::Lineage {
+                source_kind: "Experiment".into(),
+                source_name: source.into(),
+                source_uid: Some(format!("uid-{source}")),
+                trainer_image: None,
+                manifest_path: String::new(),
+                manifest_digest: format!("sha256:{}", "1".repeat(64)),
+                dataset_digest: format!("sha256:{}", "2".repeat(64)),
+                seed: 1,
+                trainer_version: "test".into(),
+                git_commit: None,
+                runs: vec![source.into()],
+            },
+        )
+        .unwrap()
+    };
+    use voxel_operator::cluster::models::publish;
+    let publishers = (0..6).map(|i| {
+        let client = client.clone();
+        let ns = ns.clone();
+        let resource = resource(&format!("run-{i}"));
+        tokio::spawn(async move {
+            publish(&client, &ns, resource, &format!("key-{i}"))
+                .await
+                .unwrap()
+        })
+    });
+    let mut versions: Vec<u32> = futures::future::join_all(publishers)
+        .await
+        .into_iter()
+        .map(|r| {
+            let published = r.unwrap();
+            assert!(published.new);
+            published.version
+        })
+        .collect();
+    versions.sort();
+    assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+
+    // A publish retried (after a timeout, or by a restarted operator) finds its version.
+    let again = publish(&client, &ns, resource("run-3"), "key-3")
+        .await
+        .unwrap();
+    assert!(!again.new);
+    let models: Api<Model> = Api::namespaced(client.clone(), &ns);
+    let v = models
+        .get(&format!("liver-v{}", again.version))
+        .await
+        .unwrap();
+    assert_eq!(v.spec.lineage.source.name, "run-3");
+    // Two retries of one publication racing each other make one version.
+    let (a, b) = tokio::join!(
+        publish(&client, &ns, resource("run-x"), "key-x"),
+        publish(&client, &ns, resource("run-x"), "key-x")
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!((a.version, b.version), (7, 7));
+    assert!(a.new != b.new, "one of them created it: {a:?} {b:?}");
+    assert_eq!(
+        models
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        7
+    );
 }

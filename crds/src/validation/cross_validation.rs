@@ -55,7 +55,9 @@ impl CrossValidationSpec {
         );
         let split = &template.data.split;
         c.rule(
-            split.validation_fraction.is_none() && split.validation_subjects.is_empty(),
+            split.validation_fraction.is_none()
+                && split.validation_subjects.is_empty()
+                && split.fold.is_none(),
             p,
             &cel::TEMPLATE_WITHOUT_VALIDATION_SPLIT,
         );

@@ -402,6 +402,23 @@ impl DataSpec {
             &format!("{p}.split"),
             &cel::SPLIT_LEAVES_TRAINING,
         );
+        if let Some(fold) = &split.fold {
+            c.rule(
+                split.validation_fraction.is_none() && split.validation_subjects.is_empty(),
+                &format!("{p}.split.fold"),
+                &cel::FOLD_WITHOUT_VALIDATION_SPLIT,
+            );
+            c.rule(
+                (2..=20).contains(&fold.folds),
+                &format!("{p}.split.fold.folds"),
+                &cel::FOLDS_RANGE,
+            );
+            c.rule(
+                fold.index < fold.folds,
+                &format!("{p}.split.fold.index"),
+                &cel::FOLD_INDEX_RANGE,
+            );
+        }
         for (name, list) in [
             ("testSubjects", &split.test_subjects),
             ("validationSubjects", &split.validation_subjects),

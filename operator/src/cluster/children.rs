@@ -18,7 +18,10 @@ use k8s_openapi::{
 };
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 use thiserror::Error;
-use voxel_crds::{Experiment, experiment::S3Store};
+use voxel_crds::{
+    Ensemble, Experiment,
+    experiment::{ExperimentSpec, S3Store},
+};
 
 use crate::attempts::pod_name;
 
@@ -204,23 +207,28 @@ pub fn config_map_name(experiment: &str) -> String {
 /// The labels every child of an Experiment carries.
 pub fn labels(experiment: &Experiment, component: &str) -> BTreeMap<String, String> {
     let name = experiment.name_any();
+    let mut labels = common_labels(&name, component);
+    labels.insert(LABEL_EXPERIMENT.into(), label_value(&name));
+    labels
+}
+
+/// The `app.kubernetes.io` labels of everything the operator makes for the resource `name`.
+pub fn common_labels(name: &str, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("app.kubernetes.io/name".into(), "voxel-trainer".into()),
-        // A label value is at most 63 characters; the full name is in voxel.dev/experiment
-        // where it fits, and in the owner reference always.
-        ("app.kubernetes.io/instance".into(), label_value(&name)),
+        // A label value is at most 63 characters; the full name is in the owner reference.
+        ("app.kubernetes.io/instance".into(), label_value(name)),
         ("app.kubernetes.io/component".into(), component.into()),
         ("app.kubernetes.io/part-of".into(), "voxel".into()),
         (
             "app.kubernetes.io/managed-by".into(),
             "voxel-operator".into(),
         ),
-        (LABEL_EXPERIMENT.into(), label_value(&name)),
     ])
 }
 
 /// A name cut to the 63 characters of a label value, ending on an alphanumeric character.
-fn label_value(name: &str) -> String {
+pub fn label_value(name: &str) -> String {
     let cut = &name[..name.len().min(63)];
     cut.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
         .to_string()
@@ -330,26 +338,6 @@ pub fn trainer_pod(
         ArtifactLocation::Bucket { .. } => format!("{ARTIFACTS_DIR}/run"),
     };
 
-    let gpu_resource = spec
-        .resources
-        .gpu_resource_name
-        .clone()
-        .unwrap_or_else(|| settings.gpu_resource.clone());
-    let mut requests = BTreeMap::new();
-    let mut limits = BTreeMap::new();
-    if spec.resources.gpus > 0 {
-        let gpus = Quantity(spec.resources.gpus.to_string());
-        requests.insert(gpu_resource.clone(), gpus.clone());
-        limits.insert(gpu_resource, gpus);
-    }
-    if let Some(cpu) = &spec.resources.cpu {
-        requests.insert("cpu".into(), cpu.clone());
-    }
-    if let Some(memory) = &spec.resources.memory {
-        requests.insert("memory".into(), memory.clone());
-        limits.insert("memory".into(), memory.clone());
-    }
-
     let mut args = vec![
         "train".to_string(),
         "--config".into(),
@@ -397,25 +385,212 @@ pub fn trainer_pod(
         env.extend(bucket_env(store));
     }
 
+    let parts = PodParts {
+        name: pod_name(&name, attempt),
+        namespace: experiment.namespace(),
+        labels,
+        annotations: BTreeMap::from([
+            ("prometheus.io/scrape".into(), "true".into()),
+            ("prometheus.io/port".into(), METRICS_PORT.to_string()),
+        ]),
+        owner: owner(experiment),
+        args,
+        env,
+        volumes,
+        mounts,
+        metrics_port: true,
+    };
+    Ok(assemble(parts, spec, settings))
+}
+
+/// Label with the name of the Ensemble an evaluation pod belongs to.
+pub const LABEL_ENSEMBLE: &str = "voxel.dev/ensemble";
+
+/// What an Ensemble's evaluation pod runs: `voxel-trainer ensemble` over member folders of one
+/// claim, writing into another folder of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnsembleJob<'a> {
+    /// The Ensemble.
+    pub ensemble: &'a Ensemble,
+    /// The attempt, from 1.
+    pub attempt: usize,
+    /// The claim with the members' folders and the output.
+    pub claim: String,
+    /// The members' training output folders inside the claim.
+    pub members: Vec<String>,
+    /// The output folder inside the claim.
+    pub output: String,
+    /// The test subjects to predict and score.
+    pub subjects: Vec<String>,
+    /// Resources and scheduling of the pod (those the members trained with).
+    pub template: &'a ExperimentSpec,
+}
+
+/// Name of the evaluation pod of an Ensemble's attempt.
+pub fn ensemble_pod_name(ensemble: &str, attempt: usize) -> String {
+    pod_name(&format!("{ensemble}-eval"), attempt)
+}
+
+/// The pod that evaluates an Ensemble on its test subjects.
+pub fn ensemble_pod(job: &EnsembleJob<'_>, settings: &Settings) -> Result<Pod, BuildError> {
+    let ensemble = job.ensemble;
+    let data = ensemble
+        .spec
+        .data
+        .source
+        .persistent_volume_claim
+        .as_ref()
+        .ok_or(BuildError::DataNotMountable)?;
+    let name = ensemble.name_any();
+    let mut labels = common_labels(&name, "ensemble");
+    labels.insert(LABEL_ENSEMBLE.into(), label_value(&name));
+    labels.insert(LABEL_ATTEMPT.into(), job.attempt.to_string());
+    let volumes = vec![
+        Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: data.claim_name.clone(),
+                read_only: Some(true),
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "artifacts".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: job.claim.clone(),
+                read_only: None,
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "scratch".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        },
+    ];
+    let mounts = vec![
+        mount("data", DATA_DIR, data.sub_path.clone(), true),
+        mount("artifacts", ARTIFACTS_DIR, None, false),
+        mount("scratch", SCRATCH_DIR, None, false),
+    ];
+    let mut args = vec!["ensemble".to_string()];
+    for member in &job.members {
+        args.extend(["--model".into(), format!("{ARTIFACTS_DIR}/{member}")]);
+    }
+    args.extend([
+        "--dataset".into(),
+        format!("{DATA_DIR}/{}", ensemble.spec.data.dataset),
+        "--subjects".into(),
+        job.subjects.join(","),
+        "--combine".into(),
+        match ensemble.spec.combine {
+            voxel_crds::common::Combine::Mean => "mean",
+            voxel_crds::common::Combine::MajorityVote => "majority-vote",
+        }
+        .into(),
+        "--output".into(),
+        format!("{ARTIFACTS_DIR}/{}", job.output),
+        "--termination-log".into(),
+        TERMINATION_LOG.into(),
+        "--log-format".into(),
+        "json".into(),
+        "--device".into(),
+        settings.trainer_device.clone().unwrap_or_else(|| {
+            if job.template.resources.gpus > 0 {
+                "cuda"
+            } else {
+                "cpu"
+            }
+            .into()
+        }),
+    ]);
+    if let Some(largest) = ensemble
+        .spec
+        .postprocessing
+        .as_ref()
+        .map(|p| p.largest_component)
+    {
+        args.extend(["--largest-component".into(), largest.to_string()]);
+    }
+    let parts = PodParts {
+        name: ensemble_pod_name(&name, job.attempt),
+        namespace: ensemble.namespace(),
+        labels,
+        annotations: BTreeMap::new(),
+        owner: ensemble
+            .controller_owner_ref(&())
+            .expect("an Ensemble from the API server has a name and uid"),
+        args,
+        env: vec![
+            env_value("HOME", SCRATCH_DIR),
+            env_value("TMPDIR", SCRATCH_DIR),
+        ],
+        volumes,
+        mounts,
+        metrics_port: false,
+    };
+    Ok(assemble(parts, job.template, settings))
+}
+
+/// What differs between the pods the operator makes: the rest is [`assemble`]'s.
+struct PodParts {
+    name: String,
+    namespace: Option<String>,
+    labels: BTreeMap<String, String>,
+    annotations: BTreeMap<String, String>,
+    owner: OwnerReference,
+    args: Vec<String>,
+    env: Vec<EnvVar>,
+    volumes: Vec<Volume>,
+    mounts: Vec<VolumeMount>,
+    /// The container serves the trainer's progress metrics.
+    metrics_port: bool,
+}
+
+/// A pod running `voxel-trainer` with `parts`, the resources and scheduling of `spec`, and the
+/// restricted security profile.
+fn assemble(parts: PodParts, spec: &ExperimentSpec, settings: &Settings) -> Pod {
+    let gpu_resource = spec
+        .resources
+        .gpu_resource_name
+        .clone()
+        .unwrap_or_else(|| settings.gpu_resource.clone());
+    let mut requests = BTreeMap::new();
+    let mut limits = BTreeMap::new();
+    if spec.resources.gpus > 0 {
+        let gpus = Quantity(spec.resources.gpus.to_string());
+        requests.insert(gpu_resource.clone(), gpus.clone());
+        limits.insert(gpu_resource, gpus);
+    }
+    if let Some(cpu) = &spec.resources.cpu {
+        requests.insert("cpu".into(), cpu.clone());
+    }
+    if let Some(memory) = &spec.resources.memory {
+        requests.insert("memory".into(), memory.clone());
+        limits.insert("memory".into(), memory.clone());
+    }
+
     let container = Container {
         name: TRAINER_CONTAINER.into(),
         image: Some(settings.trainer_image.clone()),
         image_pull_policy: settings.image_pull_policy.clone(),
         command: Some(vec!["voxel-trainer".into()]),
-        args: Some(args),
-        env: Some(env),
-        ports: Some(vec![ContainerPort {
-            name: Some("metrics".into()),
-            container_port: i32::from(METRICS_PORT),
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
+        args: Some(parts.args),
+        env: Some(parts.env),
+        ports: parts.metrics_port.then(|| {
+            vec![ContainerPort {
+                name: Some("metrics".into()),
+                container_port: i32::from(METRICS_PORT),
+                protocol: Some("TCP".into()),
+                ..ContainerPort::default()
+            }]
+        }),
         resources: Some(ResourceRequirements {
             requests: (!requests.is_empty()).then_some(requests),
             limits: (!limits.is_empty()).then_some(limits),
             ..ResourceRequirements::default()
         }),
-        volume_mounts: Some(mounts),
+        volume_mounts: Some(parts.mounts),
         termination_message_path: Some(TERMINATION_LOG.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
@@ -457,21 +632,18 @@ pub fn trainer_pod(
         }
     }
 
-    Ok(Pod {
+    Pod {
         metadata: ObjectMeta {
-            name: Some(pod_name(&name, attempt)),
-            namespace: experiment.namespace(),
-            labels: Some(labels),
-            annotations: Some(BTreeMap::from([
-                ("prometheus.io/scrape".into(), "true".into()),
-                ("prometheus.io/port".into(), METRICS_PORT.to_string()),
-            ])),
-            owner_references: Some(vec![owner(experiment)]),
+            name: Some(parts.name),
+            namespace: parts.namespace,
+            labels: Some(parts.labels),
+            annotations: (!parts.annotations.is_empty()).then_some(parts.annotations),
+            owner_references: Some(vec![parts.owner]),
             ..ObjectMeta::default()
         },
         spec: Some(PodSpec {
             containers: vec![container],
-            volumes: Some(volumes),
+            volumes: Some(parts.volumes),
             restart_policy: Some("Never".into()),
             // The trainer never talks to the API server.
             automount_service_account_token: Some(false),
@@ -495,7 +667,7 @@ pub fn trainer_pod(
             ..PodSpec::default()
         }),
         status: None,
-    })
+    }
 }
 
 /// The variables that configure the trainer's S3 client: the access key only by reference to

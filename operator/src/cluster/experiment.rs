@@ -20,7 +20,7 @@ use kube::{
     runtime::{
         Controller,
         controller::Action,
-        events::{Event, EventType, Recorder, Reporter},
+        events::{Recorder, Reporter},
         watcher,
     },
 };
@@ -72,7 +72,7 @@ impl ReconcileError {
     }
 }
 
-fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
+pub(crate) fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
     let action = action.into();
     move |source| ReconcileError::Api { action, source }
 }
@@ -91,6 +91,8 @@ pub struct Context {
     pub http: reqwest::Client,
     /// How often a running trainer is scraped.
     pub scrape_interval: Duration,
+    /// The claims mounted into the operator, to read results from.
+    pub mounts: super::mounts::ClaimMounts,
 }
 
 impl Context {
@@ -113,6 +115,7 @@ impl Context {
             metrics,
             http,
             scrape_interval,
+            mounts: super::mounts::ClaimMounts::default(),
         }
     }
 }
@@ -405,7 +408,10 @@ fn running(pod: &Pod) -> bool {
         && pod.metadata.deletion_timestamp.is_none()
 }
 
-async fn observe_pod(context: &Context, pod: &Pod) -> Result<PodObservation, ReconcileError> {
+pub(crate) async fn observe_pod(
+    context: &Context,
+    pod: &Pod,
+) -> Result<PodObservation, ReconcileError> {
     let node = match pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
         Some(node) => Api::<Node>::all(context.client.clone())
             .get_opt(node)
@@ -453,25 +459,7 @@ async fn write_status(
     old: &ExperimentStatus,
     new: &ExperimentStatus,
 ) -> Result<bool, ReconcileError> {
-    if old == new {
-        return Ok(false);
-    }
-    let patch = serde_json::json!({
-        "apiVersion": "voxel.dev/v1alpha1",
-        "kind": "Experiment",
-        "status": new,
-    });
-    experiments
-        .patch_status(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(api_error(format!(
-            "writing the status of Experiment {name}"
-        )))?;
-    Ok(true)
+    super::apply_status(experiments, name, "Experiment", old, new).await
 }
 
 /// Creates the ConfigMap (or brings it up to date) and the pod of `attempt`; a pod that
@@ -538,26 +526,10 @@ async fn delete_pod(
 
 /// Publishes an Event per transition; a failure to publish is logged, never fatal.
 async fn publish(context: &Context, experiment: &Experiment, transitions: &[Transition]) {
-    let reference = experiment.object_ref(&());
-    for transition in transitions {
-        let event = Event {
-            type_: if transition.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: transition.reason.clone(),
-            note: Some(truncate(&transition.message, 1024)),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        if let Err(error) = context.recorder.publish(&event, &reference).await {
-            warn!(%error, reason = transition.reason, "cannot publish an event");
-        }
-    }
+    super::publish_events(context, &experiment.object_ref(&()), transitions).await;
 }
 
-fn truncate(text: &str, max: usize) -> String {
+pub(crate) fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.into();
     }

@@ -5,8 +5,12 @@
 //! Ctrl-C, when it finishes the reconciles in flight and releases the Lease.
 
 pub mod children;
+pub mod cross_validation;
+pub mod ensemble;
 pub mod experiment;
 pub mod metrics;
+pub mod models;
+pub mod mounts;
 pub mod observe;
 
 use std::{
@@ -85,6 +89,15 @@ pub struct OperatorArgs {
     /// Seconds between scrapes of a running trainer's metrics.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub scrape_interval: u64,
+    /// `CLAIM=DIR`: the claim `CLAIM` of the watched namespace is mounted into the operator at
+    /// `DIR`, where it reads the results trainer pods wrote there (repeat per claim).
+    #[arg(
+        long = "claim-mount",
+        value_name = "CLAIM=DIR",
+        env = "VOXEL_CLAIM_MOUNTS",
+        value_delimiter = ','
+    )]
+    pub claim_mounts: Vec<String>,
     /// This replica's identity in the Lease and in Events (default: `POD_NAME`, else the host
     /// name and process id).
     #[arg(long, env = "POD_NAME")]
@@ -155,13 +168,15 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         controller: FIELD_MANAGER.into(),
         instance: Some(identity.clone()),
     };
-    let context = Arc::new(Context::new(
+    let mut context = Context::new(
         client.clone(),
         settings,
         metrics,
         reporter,
         Duration::from_secs(args.scrape_interval),
-    ));
+    );
+    context.mounts = mounts::ClaimMounts::parse(&args.claim_mounts).map_err(anyhow::Error::msg)?;
+    let context = Arc::new(context);
 
     // A signal stops waiting for the Lease as well as the controllers.
     let signal_tx = stop_tx.clone();
@@ -247,7 +262,7 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
     tokio::select! {
-        _ = experiment::run(context, args.namespace.as_deref(), shutdown) => {}
+        _ = run_controllers(context, args.namespace.as_deref(), shutdown) => {}
         _ = deadline => warn!("the controllers did not stop within {SHUTDOWN_GRACE:?}; exiting"),
     }
 
@@ -267,6 +282,80 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Runs every controller until `shutdown` resolves.
+async fn run_controllers(
+    context: Arc<Context>,
+    namespace: Option<&str>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    use futures::FutureExt as _;
+    let shutdown = shutdown.boxed().shared();
+    tokio::join!(
+        experiment::run(context.clone(), namespace, shutdown.clone()),
+        cross_validation::run(context.clone(), namespace, shutdown.clone()),
+        ensemble::run(context, namespace, shutdown),
+    );
+}
+
+/// Writes `status` of the `kind` object `name` with server-side apply under the operator's
+/// field manager, when it differs from `old`; returns whether it wrote.
+pub(crate) async fn apply_status<K, S>(
+    api: &kube::Api<K>,
+    name: &str,
+    kind: &str,
+    old: &S,
+    new: &S,
+) -> Result<bool, experiment::ReconcileError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    S: serde::Serialize + PartialEq,
+{
+    if old == new {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "voxel.dev/v1alpha1",
+        "kind": kind,
+        "status": new,
+    });
+    api.patch_status(
+        name,
+        &kube::api::PatchParams::apply(FIELD_MANAGER).force(),
+        &kube::api::Patch::Apply(&patch),
+    )
+    .await
+    .map_err(experiment::api_error(format!(
+        "writing the status of {kind} {name}"
+    )))?;
+    Ok(true)
+}
+
+/// Publishes an Event per transition about `reference`; a failure to publish is logged, never
+/// fatal.
+pub(crate) async fn publish_events(
+    context: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    transitions: &[crate::attempts::Transition],
+) {
+    use kube::runtime::events::{Event, EventType};
+    for transition in transitions {
+        let event = Event {
+            type_: if transition.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: transition.reason.clone(),
+            note: Some(experiment::truncate(&transition.message, 1024)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(error) = context.recorder.publish(&event, reference).await {
+            warn!(%error, reason = transition.reason, "cannot publish an event");
+        }
+    }
 }
 
 async fn serve_metrics(State(health): State<Health>) -> impl IntoResponse {

@@ -81,6 +81,7 @@ pub fn fold_experiment(
         test_fraction: None,
         validation_fraction: None,
         seed: template.data.split.seed,
+        fold: None,
     };
     let mut experiment = Experiment::new(&fold_name(cv_name, fold), spec);
     experiment.metadata.labels = Some(
@@ -132,7 +133,7 @@ pub fn run(
         .collect();
     let plan = FoldPlan {
         folds: assign_folds(&pool, spec.folds, spec.seed)
-            .map_err(|e| LocalError::Config(e.to_string()))?,
+            .map_err(|e| LocalError::Config(format!("spec.folds: {e}")))?,
         test_subjects: split.test.clone(),
     };
     write_json(&run_dir.join("folds.json"), &plan)?;

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use tracing::info;
 use voxel_crds::{
     common::{CompareToSpec, PublishSpec},
@@ -13,9 +12,9 @@ use voxel_crds::{
 use super::{LocalError, io_error};
 use crate::{
     compare::{CompareOptions, compare_tables},
-    digest::{digest_file, format_digest},
+    digest::digest_file,
     metrics_table::MetricsTable,
-    publication::{self, ArtifactFile, Lineage, ModelContent},
+    publication::{self, Lineage, ModelContent},
     registry::{ModelReference, NewVersion, Published, Registry, VERSION_METRICS, VersionSelector},
 };
 
@@ -66,7 +65,8 @@ pub struct Publication {
     pub promotion: Option<(String, Result<(), String>)>,
 }
 
-fn compare_options(spec: &CompareToSpec) -> CompareOptions {
+/// The comparison options a `compareTo` asks for.
+pub fn compare_options(spec: &CompareToSpec) -> CompareOptions {
     CompareOptions {
         primary_metric: spec.metric,
         alpha: spec.alpha,
@@ -149,22 +149,22 @@ pub fn publish(
         return Ok(None);
     };
 
-    let mut files = Vec::new();
-    let mut artifact_files = Vec::new();
-    let mut overall = Sha256::new();
-    for (source_path, relative) in &candidate.artifacts {
-        let (digest, bytes) = digest_file(source_path).map_err(io_error(source_path))?;
-        let path = Path::new(crate::registry::ARTIFACTS).join(relative);
-        overall.update(path.to_string_lossy().as_bytes());
-        overall.update(digest.as_bytes());
-        artifact_files.push(ArtifactFile {
-            path: path.to_string_lossy().to_string(),
-            digest,
-            bytes,
-        });
-        files.push((source_path.clone(), path));
-    }
-    let artifact_digest = format_digest(overall);
+    let mut files: Vec<(PathBuf, PathBuf)> = candidate
+        .artifacts
+        .iter()
+        .map(|(source, relative)| {
+            (
+                source.clone(),
+                Path::new(crate::registry::ARTIFACTS).join(relative),
+            )
+        })
+        .collect();
+    let listed: Vec<(PathBuf, String)> = files
+        .iter()
+        .map(|(source, path)| (source.clone(), path.to_string_lossy().to_string()))
+        .collect();
+    let (artifact_files, artifact_digest) =
+        publication::digest_artifacts(&listed).map_err(|(path, e)| io_error(&path)(e))?;
     files.push((
         candidate.metrics_csv.clone(),
         PathBuf::from(VERSION_METRICS),
@@ -173,6 +173,8 @@ pub fn publish(
     let lineage = Lineage {
         source_kind: candidate.kind.to_string(),
         source_name: candidate.name.clone(),
+        source_uid: None,
+        trainer_image: None,
         manifest_path: source.manifest_path.display().to_string(),
         manifest_digest: source.manifest_digest.clone(),
         dataset_digest: candidate.dataset_digest.clone(),
