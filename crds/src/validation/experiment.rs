@@ -405,7 +405,7 @@ impl DataSpec {
         if let Some(fold) = &split.fold {
             c.rule(
                 split.validation_fraction.is_none() && split.validation_subjects.is_empty(),
-                &format!("{p}.split.fold"),
+                &format!("{p}.split"),
                 &cel::FOLD_WITHOUT_VALIDATION_SPLIT,
             );
             c.rule(
@@ -415,7 +415,7 @@ impl DataSpec {
             );
             c.rule(
                 fold.index < fold.folds,
-                &format!("{p}.split.fold.index"),
+                &format!("{p}.split.fold"),
                 &cel::FOLD_INDEX_RANGE,
             );
         }
