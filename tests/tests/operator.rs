@@ -1092,6 +1092,16 @@ fn mean_dice_by_structure(csv: &std::path::Path) -> BTreeMap<String, f64> {
         .collect()
 }
 
+async fn v1_aliases(models: &Api<Model>) -> Vec<String> {
+    models
+        .get("hippocampus-v1")
+        .await
+        .unwrap()
+        .status
+        .map(|s| s.aliases)
+        .unwrap_or_default()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cross_validation_trains_its_folds_as_pods_builds_one_ensemble_and_publishes_versions() {
     let Some(cluster) = Cluster::start("op-cv", 2).await else {
@@ -1283,12 +1293,26 @@ async fn a_cross_validation_trains_its_folds_as_pods_builds_one_ensemble_and_pub
         );
     }
 
-    // A second run, compared with version 1, publishes version 2 with p-values and verdicts.
+    // The alias of the example moved to the first version.
+    let maps: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), &ns);
+    let aliases = maps.get("voxel-model-hippocampus-aliases").await.unwrap();
+    assert_eq!(
+        aliases
+            .data
+            .unwrap_or_default()
+            .get("production")
+            .map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(v1_aliases(&models).await, vec!["production".to_string()]);
+
+    // A second run, compared with what `production` points to (version 1), publishes version 2
+    // with p-values and verdicts.
     let second = "hippocampus-cv-2";
     let mut manifest = cv_example(&cluster, second, 2);
     manifest["spec"]["folds"] = 2.into();
     manifest["spec"]["compareTo"] =
-        serde_yaml::from_str("{model: hippocampus, version: 1}").unwrap();
+        serde_yaml::from_str("{model: hippocampus, alias: production}").unwrap();
     cluster.apply(&manifest);
     let cv2 = wait_for_object(
         &cluster,
@@ -1332,6 +1356,41 @@ async fn a_cross_validation_trains_its_folds_as_pods_builds_one_ensemble_and_pub
     );
     assert_eq!(comparison.candidate, format!("CrossValidation {second}"));
     let v2 = models.get("hippocampus-v2").await.unwrap();
+    // The gate: `production` moves to version 2 unless it is significantly worse on a structure.
+    let worse = comparison
+        .verdicts
+        .iter()
+        .any(|v| v.verdict == voxel_crds::results::Verdict::Worse);
+    let holder = maps
+        .get("voxel-model-hippocampus-aliases")
+        .await
+        .unwrap()
+        .data
+        .unwrap_or_default()["production"]
+        .clone();
+    assert_eq!(holder, if worse { "1" } else { "2" }, "{comparison:#?}");
+    let published = status2
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Published")
+        .map(|c| c.message.clone());
+    let ensemble2 = ensembles.get("hippocampus-cv-2-ensemble").await.unwrap();
+    let message = ensemble2
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Published")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains(if worse {
+            "alias production did not move: significantly worse"
+        } else {
+            "alias production points to it"
+        }),
+        "{message} ({published:?})"
+    );
     assert_eq!(v2.spec.comparison.as_ref(), Some(&comparison));
     assert_eq!(
         models

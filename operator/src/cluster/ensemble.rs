@@ -434,12 +434,27 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
                 events.push(("Compared", message));
                 status.comparison = Some(comparison);
             }
-            if let Some((model, version, new)) = results.published {
-                let message = if new {
+            if let Some(Publication {
+                model,
+                version,
+                new,
+                promotion,
+            }) = results.published
+            {
+                let mut message = if new {
                     format!("published {model} version {version}")
                 } else {
                     format!("{model} version {version} was published from these results before")
                 };
+                match promotion {
+                    Some((alias, Ok(()))) => {
+                        message.push_str(&format!("; alias {alias} points to it"))
+                    }
+                    Some((alias, Err(reason))) => {
+                        message.push_str(&format!("; alias {alias} did not move: {reason}"))
+                    }
+                    None => {}
+                }
                 set_condition(
                     &mut status.conditions,
                     condition(
@@ -569,8 +584,67 @@ async fn members(
 struct Results {
     metrics: Vec<voxel_crds::results::StructureSummary>,
     comparison: Option<Comparison>,
-    /// `(model, version, new)`.
-    published: Option<(String, u32, bool)>,
+    published: Option<Publication>,
+}
+
+/// A version published, and what became of the alias the spec promotes.
+struct Publication {
+    model: String,
+    version: u32,
+    /// False when the same results had been published before.
+    new: bool,
+    /// The alias, and whether it moved (`Err` holds why not).
+    promotion: Option<(String, Result<(), String>)>,
+}
+
+/// Moves the alias of `publish.promote` to a version just published, unless it is gated and the
+/// version is significantly worse than the alias's holder (the local registry's rule,
+/// [`crate::publication::promotion_allowed`]).
+async fn promote_alias(
+    context: &Context,
+    namespace: &str,
+    model: &str,
+    promote: &voxel_crds::common::PromoteSpec,
+    published: &models::Published,
+    candidate: &MetricsTable,
+) -> Result<Result<(), String>, models::ModelError> {
+    let version = published.version;
+    if !published.new {
+        // Re-running an old manifest must not pull an alias back to the version it made then.
+        return Ok(Err(format!(
+            "version {version} was published before; an alias moves only when a version is \
+             first published"
+        )));
+    }
+    let versions = models::versions(&context.client, namespace, model).await?;
+    let gate = |holder: Option<u32>| -> Result<(), String> {
+        let holder = match holder {
+            Some(holder) if promote.gated && holder != version => holder,
+            _ => return Ok(()),
+        };
+        let holder_model = versions
+            .get(&holder)
+            .ok_or_else(|| format!("the alias's holder, version {holder}, does not exist"))?;
+        let baseline = baseline_metrics(context, holder_model)?;
+        let comparison = compare_tables(
+            &baseline,
+            candidate,
+            &format!("{model}:{holder}"),
+            &format!("{model}:{version}"),
+            &crate::compare::CompareOptions::default(),
+        )
+        .map_err(|e| e.to_string())?;
+        crate::publication::promotion_allowed(&comparison, holder)
+    };
+    models::move_alias(
+        &context.client,
+        namespace,
+        model,
+        &promote.alias,
+        version,
+        gate,
+    )
+    .await
 }
 
 /// Reads the evaluation's metrics, compares them and publishes. `Err(Ok(..))` is a failure of
@@ -687,7 +761,33 @@ async fn results(
                 new = published.new,
                 "published"
             );
-            Some((publish.model.clone(), published.version, published.new))
+            let promotion = match &publish.promote {
+                None => None,
+                Some(promote) => Some((
+                    promote.alias.clone(),
+                    promote_alias(
+                        context,
+                        &namespace,
+                        &publish.model,
+                        promote,
+                        &published,
+                        &table,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        models::ModelError::Api { action, source } => {
+                            Err(ReconcileError::Api { action, source })
+                        }
+                        other => Ok(("PromotionFailed", other.to_string())),
+                    })?,
+                )),
+            };
+            Some(Publication {
+                model: publish.model.clone(),
+                version: published.version,
+                new: published.new,
+                promotion,
+            })
         }
     };
     Ok(Results {

@@ -8,12 +8,18 @@
 //! digest) in an annotation, and a publisher first looks for its key, so that a publish retried
 //! after a timeout, or after the operator restarted, finds its version instead of making a
 //! second one.
+//!
+//! Aliases of a model live in one ConfigMap, `voxel-model-<model>-aliases` (alias → version),
+//! so that moving one is a single write the API server checks against the version read
+//! (`resourceVersion`): two promotions at once cannot both move from the same holder. Each
+//! Model's `status.aliases` mirrors the map.
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, Client, ResourceExt,
-    api::{ListParams, PostParams},
+    api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams},
 };
 use thiserror::Error;
 use voxel_crds::{
@@ -142,34 +148,182 @@ pub async fn publish(
     Err(ModelError::Contended { model })
 }
 
-/// The version a `compareTo` names: its `version`, or else the latest. (Aliases are kept by
-/// the local registry only; see the README's Limitations.)
+/// The version a `compareTo` names: its `version`, the holder of its `alias`, or else the
+/// latest.
 pub async fn resolve_baseline(
     client: &Client,
     namespace: &str,
     spec: &CompareToSpec,
 ) -> Result<Model, ModelError> {
     let mut versions = versions(client, namespace, &spec.model).await?;
-    if let Some(alias) = &spec.alias {
-        return Err(ModelError::NotFound(format!(
-            "spec.compareTo.alias: {alias}: aliases are not kept in the cluster yet; name a \
-             version of model {} instead",
-            spec.model
-        )));
-    }
-    let found = match spec.version {
+    let model = &spec.model;
+    let (wanted, what) = match (spec.version, &spec.alias) {
+        (Some(version), _) => (Some(version), format!("version {version} of model {model}")),
+        (None, Some(alias)) => {
+            let Some(version) = aliases(client, namespace, model).await?.0.remove(alias) else {
+                return Err(ModelError::NotFound(format!(
+                    "spec.compareTo.alias: model {model} has no alias {alias} in namespace \
+                     {namespace} (publish with promote first)"
+                )));
+            };
+            (
+                Some(version),
+                format!("version {version} of model {model} (alias {alias})"),
+            )
+        }
+        (None, None) => (None, format!("a version of model {model}")),
+    };
+    let found = match wanted {
         Some(version) => versions.remove(&version),
         None => versions.pop_last().map(|(_, m)| m),
     };
     found.ok_or_else(|| {
         ModelError::NotFound(format!(
-            "spec.compareTo: model {}{} has no published version in namespace {namespace}",
-            spec.model,
-            spec.version
-                .map(|v| format!(" version {v}"))
-                .unwrap_or_default()
+            "spec.compareTo: {what} is not published in namespace {namespace}"
         ))
     })
+}
+
+/// Name of the ConfigMap with a model's aliases.
+pub fn aliases_name(model: &str) -> String {
+    format!("voxel-model-{model}-aliases")
+}
+
+/// A model's aliases (alias → version) and the ConfigMap they were read from, if it exists.
+pub async fn aliases(
+    client: &Client,
+    namespace: &str,
+    model: &str,
+) -> Result<(BTreeMap<String, u32>, Option<ConfigMap>), ModelError> {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let name = aliases_name(model);
+    let map = maps
+        .get_opt(&name)
+        .await
+        .map_err(|source| ModelError::Api {
+            action: format!("reading ConfigMap {namespace}/{name}"),
+            source,
+        })?;
+    let aliases = map
+        .iter()
+        .flat_map(|m| m.data.iter().flatten())
+        .filter_map(|(alias, version)| Some((alias.clone(), version.parse().ok()?)))
+        .collect();
+    Ok((aliases, map))
+}
+
+/// Moves `alias` of `model` to `version` if `allow` (given the current holder) agrees; the
+/// inner `Err` says why it did not move.
+pub async fn move_alias(
+    client: &Client,
+    namespace: &str,
+    model: &str,
+    alias: &str,
+    version: u32,
+    allow: impl Fn(Option<u32>) -> Result<(), String>,
+) -> Result<Result<(), String>, ModelError> {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let name = aliases_name(model);
+    for _ in 0..MAX_TRIES {
+        let (mut current, map) = aliases(client, namespace, model).await?;
+        let holder = current.get(alias).copied();
+        if holder == Some(version) {
+            return Ok(Ok(()));
+        }
+        if let Err(reason) = allow(holder) {
+            return Ok(Err(reason));
+        }
+        current.insert(alias.to_string(), version);
+        let data = current
+            .iter()
+            .map(|(a, v)| (a.clone(), v.to_string()))
+            .collect();
+        let written = match map {
+            // The resourceVersion read makes the write fail if the aliases moved meanwhile.
+            Some(mut map) => {
+                map.data = Some(data);
+                maps.replace(&name, &PostParams::default(), &map).await
+            }
+            None => {
+                let map = ConfigMap {
+                    metadata: ObjectMeta {
+                        name: Some(name.clone()),
+                        labels: Some(BTreeMap::from([
+                            (LABEL_MODEL.to_string(), model.to_string()),
+                            (
+                                "app.kubernetes.io/managed-by".to_string(),
+                                "voxel-operator".to_string(),
+                            ),
+                        ])),
+                        ..ObjectMeta::default()
+                    },
+                    data: Some(data),
+                    ..ConfigMap::default()
+                };
+                maps.create(&PostParams::default(), &map).await
+            }
+        };
+        match written {
+            Ok(_) => {
+                mirror_aliases(client, namespace, model, &current).await?;
+                return Ok(Ok(()));
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(source) => {
+                return Err(ModelError::Api {
+                    action: format!("writing ConfigMap {namespace}/{name}"),
+                    source,
+                });
+            }
+        }
+    }
+    Err(ModelError::Contended {
+        model: model.to_string(),
+    })
+}
+
+/// Writes each version's `status.aliases` from the alias map.
+async fn mirror_aliases(
+    client: &Client,
+    namespace: &str,
+    model: &str,
+    aliases: &BTreeMap<String, u32>,
+) -> Result<(), ModelError> {
+    let api: Api<Model> = Api::namespaced(client.clone(), namespace);
+    for (version, resource) in versions(client, namespace, model).await? {
+        let held: Vec<String> = aliases
+            .iter()
+            .filter(|(_, v)| **v == version)
+            .map(|(a, _)| a.clone())
+            .collect();
+        let recorded = resource
+            .status
+            .as_ref()
+            .map(|s| s.aliases.clone())
+            .unwrap_or_default();
+        if recorded == held {
+            continue;
+        }
+        let patch = serde_json::json!({
+            "apiVersion": "voxel.dev/v1alpha1",
+            "kind": "Model",
+            "status": {"aliases": held},
+        });
+        api.patch_status(
+            &resource.name_any(),
+            &PatchParams::apply(super::FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| ModelError::Api {
+            action: format!(
+                "writing the status of Model {namespace}/{}",
+                resource.name_any()
+            ),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// The reference to a published version.
