@@ -1410,6 +1410,62 @@ async fn a_cross_validation_trains_its_folds_as_pods_builds_one_ensemble_and_pub
             .len(),
         2
     );
+    // An Ensemble of the two published versions: their five networks in one evaluation pod,
+    // compared with `production` and published as a model of its own.
+    let all = "hippocampus-all";
+    cluster.apply(&shrunk_example("ensemble-cluster.yaml", 1));
+    let ensemble = wait_for_object(
+        &cluster,
+        ensembles.clone(),
+        all,
+        "finished",
+        TRAINING_TIMEOUT,
+        |e: &Ensemble| {
+            e.status
+                .as_ref()
+                .and_then(|s| succeeded(&s.conditions))
+                .is_some_and(|s| s != ConditionStatus::Unknown)
+        },
+    )
+    .await;
+    let status = ensemble.status.unwrap();
+    assert_eq!(
+        succeeded(&status.conditions),
+        Some(ConditionStatus::True),
+        "{status:#?}"
+    );
+    let record = read_json(&cluster.artifact_dir(all).join("ensemble.json"));
+    assert_eq!(record["members"].as_array().unwrap().len(), 5, "{record:#}");
+    assert_eq!(record["subjects"], serde_json::json!(split.test));
+    let dice = mean_dice_by_structure(&cluster.artifact_dir(all).join("metrics.csv"));
+    for summary in &status.metrics {
+        assert!((summary.dice.mean.unwrap() - dice[&summary.structure]).abs() < 1e-9);
+    }
+    assert!(status.comparison.is_some(), "compared with production");
+    let published = models.get("hippocampus-ensemble-v1").await.unwrap();
+    let lineage = &published.spec.lineage;
+    assert_eq!(
+        (lineage.source.name.as_str(), lineage.source.uid.as_deref()),
+        (all, ensemble.metadata.uid.as_deref())
+    );
+    assert_eq!(
+        lineage.runs,
+        [
+            "hippocampus:1/0",
+            "hippocampus:1/1",
+            "hippocampus:1/2",
+            "hippocampus:2/0",
+            "hippocampus:2/1"
+        ]
+    );
+    for file in &published.spec.artifact.files {
+        assert_eq!(
+            file.digest,
+            voxel_e2e::sha256_file(&base.join(&file.path)),
+            "{}",
+            file.path
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

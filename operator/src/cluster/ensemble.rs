@@ -146,8 +146,36 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
     let mut status = old.clone();
     status.observed_generation = ensemble.metadata.generation;
 
+    // Observe the evaluation pods.
+    let selector = format!("{LABEL_ENSEMBLE}={}", label_value(&name));
+    let mut attempts: Vec<(usize, Pod)> = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(api_error(format!(
+            "listing the pods of Ensemble {namespace}/{name}"
+        )))?
+        .items
+        .into_iter()
+        .filter_map(|pod| {
+            let attempt = pod.labels().get(LABEL_ATTEMPT)?.parse().ok()?;
+            Some((attempt, pod))
+        })
+        .collect();
+    attempts.sort_by_key(|(attempt, _)| *attempt);
+    let latest = attempts.pop();
+    let observed = match &latest {
+        Some((_, pod)) => Some(observe_pod(context, pod).await?),
+        None => None,
+    };
+    let end = observed.as_ref().and_then(classify);
+    let next_attempt = match (&latest, &end) {
+        (None, _) => Some(1),
+        (Some((attempt, _)), Some(AttemptEnd::Preempted { .. })) => Some(attempt + 1),
+        _ => None,
+    };
     // Validate, and find the members.
-    let members = match members(&ensemble, context).await? {
+    // Members' files are checked against their digests before an evaluation starts.
+    let members = match members(&ensemble, context, next_attempt.is_some()).await? {
         Ok(members) => members,
         Err(Blocked::Waiting(message)) => {
             set_condition(
@@ -270,33 +298,6 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
     };
     let output = format!("{}/{name}", parent(&members.folders[0]));
 
-    // Observe the evaluation pods.
-    let selector = format!("{LABEL_ENSEMBLE}={}", label_value(&name));
-    let mut attempts: Vec<(usize, Pod)> = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(api_error(format!(
-            "listing the pods of Ensemble {namespace}/{name}"
-        )))?
-        .items
-        .into_iter()
-        .filter_map(|pod| {
-            let attempt = pod.labels().get(LABEL_ATTEMPT)?.parse().ok()?;
-            Some((attempt, pod))
-        })
-        .collect();
-    attempts.sort_by_key(|(attempt, _)| *attempt);
-    let latest = attempts.pop();
-    let observed = match &latest {
-        Some((_, pod)) => Some(observe_pod(context, pod).await?),
-        None => None,
-    };
-    let end = observed.as_ref().and_then(classify);
-    let next_attempt = match (&latest, &end) {
-        (None, _) => Some(1),
-        (Some((attempt, _)), Some(AttemptEnd::Preempted { .. })) => Some(attempt + 1),
-        _ => None,
-    };
     if let Some(attempt) = next_attempt {
         if attempt > MAX_ATTEMPTS {
             let message = format!("the evaluation was preempted {MAX_ATTEMPTS} times");
@@ -509,18 +510,14 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
 async fn members(
     ensemble: &Ensemble,
     context: &Context,
+    verify: bool,
 ) -> Result<Result<Members, Blocked>, ReconcileError> {
     let namespace = ensemble.namespace().unwrap_or_default();
     if let Err(errors) = ensemble.spec.validate() {
         return Ok(Err(Blocked::Invalid("InvalidSpec", errors.to_string())));
     }
     let Some(cv_name) = &ensemble.spec.cross_validation else {
-        return Ok(Err(Blocked::Invalid(
-            "UnsupportedMembers",
-            "spec.members: in a cluster an Ensemble combines the folds of a CrossValidation \
-             (spec.crossValidation); an Ensemble of published versions runs in local mode"
-                .into(),
-        )));
+        return published_members(ensemble, context, verify).await;
     };
     let cvs: Api<CrossValidation> = Api::namespaced(context.client.clone(), &namespace);
     let Some(cv) = cvs.get_opt(cv_name).await.map_err(api_error(format!(
@@ -577,6 +574,135 @@ async fn members(
         names,
         template: cv.spec.template.clone(),
         source: ("CrossValidation", cv.name_any(), uid),
+    }))
+}
+
+/// The networks of the published versions an Ensemble lists, each checked against the digests
+/// its version recorded.
+async fn published_members(
+    ensemble: &Ensemble,
+    context: &Context,
+    verify: bool,
+) -> Result<Result<Members, Blocked>, ReconcileError> {
+    let namespace = ensemble.namespace().unwrap_or_default();
+    let mut claim: Option<String> = None;
+    let mut folders = Vec::new();
+    let mut names = Vec::new();
+    let mut template = None;
+    for (i, member) in ensemble.spec.members.iter().enumerate() {
+        let field = format!("spec.members[{i}]");
+        let model = match models::resolve(
+            &context.client,
+            &namespace,
+            &member.model,
+            member.version,
+            member.alias.as_deref(),
+            &field,
+        )
+        .await
+        {
+            Ok(model) => model,
+            Err(models::ModelError::Api { action, source }) => {
+                return Err(ReconcileError::Api { action, source });
+            }
+            Err(error) => return Ok(Err(Blocked::Invalid("MemberNotFound", error.to_string()))),
+        };
+        let label = format!("{}:{}", model.spec.model_name, model.spec.version);
+        let artifact = &model.spec.artifact;
+        let Ok((member_claim, base)) = parse_claim_uri(&artifact.location) else {
+            return Ok(Err(Blocked::Invalid(
+                "UnsupportedArtifacts",
+                format!(
+                    "{field}: {label} is at {}; in a cluster an Ensemble reads its members from a \
+                     persistentVolumeClaim",
+                    artifact.location
+                ),
+            )));
+        };
+        if claim.as_deref().is_some_and(|c| c != member_claim) {
+            return Ok(Err(Blocked::Invalid(
+                "UnsupportedArtifacts",
+                format!(
+                    "{field}: {label} is on claim {member_claim}, the other members on {}; they must share one",
+                    claim.unwrap_or_default()
+                ),
+            )));
+        }
+        claim = Some(member_claim.to_string());
+        // A member is used only as it was published.
+        for file in artifact.files.iter().filter(|_| verify) {
+            let path = match context
+                .mounts
+                .resolve(member_claim, &format!("{base}/{}", file.path))
+            {
+                Ok(path) => path,
+                Err(error) => {
+                    return Ok(Err(Blocked::Invalid(
+                        "ArtifactsNotReadable",
+                        format!("{field}: {error}"),
+                    )));
+                }
+            };
+            match crate::digest::digest_file(&path) {
+                Ok((digest, _)) if digest == file.digest => {}
+                Ok((digest, _)) => {
+                    return Ok(Err(Blocked::Invalid(
+                        "MemberChanged",
+                        format!(
+                            "{field}: {label}: {} changed since it was published (digest {digest}, published {})",
+                            file.path, file.digest
+                        ),
+                    )));
+                }
+                Err(error) => {
+                    return Ok(Err(Blocked::Invalid(
+                        "ArtifactsNotReadable",
+                        format!("{field}: {label}: {}: {error}", path.display()),
+                    )));
+                }
+            }
+        }
+        let networks: Vec<&str> = artifact
+            .files
+            .iter()
+            .filter_map(|f| f.path.strip_suffix("/model.safetensors"))
+            .collect();
+        if networks.is_empty() {
+            return Ok(Err(Blocked::Invalid(
+                "MemberChanged",
+                format!("{field}: {label} has no trained network among its files"),
+            )));
+        }
+        for (n, network) in networks.iter().enumerate() {
+            folders.push(format!("{base}/{network}"));
+            names.push(if networks.len() == 1 {
+                label.clone()
+            } else {
+                format!("{label}/{n}")
+            });
+        }
+        let configuration = &model.spec.configuration;
+        if template.is_none() {
+            template = configuration.experiment.clone().or_else(|| {
+                configuration
+                    .ensemble
+                    .as_ref()
+                    .and_then(|e| e.experiment.clone())
+            });
+        }
+    }
+    let (Some(claim), Some(template)) = (claim, template) else {
+        return Ok(Err(Blocked::Invalid(
+            "InvalidSpec",
+            "spec.members: no member records the configuration it trained with".into(),
+        )));
+    };
+    Ok(Ok(Members {
+        claim,
+        folders,
+        names,
+        template,
+        source: ("Ensemble", ensemble.name_any(), ensemble.uid()),
     }))
 }
 
@@ -690,7 +816,7 @@ async fn results(
     let published = match &ensemble.spec.publish {
         None => None,
         Some(publish) => {
-            let base = parent(output);
+            let base = common_folder(output, &members.folders);
             let mut files: Vec<(PathBuf, String)> = Vec::new();
             for folder in &members.folders {
                 for file in ["model.safetensors", "experiment.yaml"] {
@@ -860,6 +986,20 @@ fn parent(path: &str) -> &str {
     path.rsplit_once('/').map_or("", |(parent, _)| parent)
 }
 
+/// The deepest folder that holds `output` and every member folder.
+fn common_folder<'a>(output: &'a str, members: &[String]) -> &'a str {
+    let mut base = parent(output);
+    while !base.is_empty()
+        && !members.iter().all(|m| {
+            m.strip_prefix(base)
+                .is_some_and(|rest| rest.starts_with('/'))
+        })
+    {
+        base = parent(base);
+    }
+    base
+}
+
 fn relative_to<'a>(path: &'a str, base: &str) -> &'a str {
     if base.is_empty() {
         return path;
@@ -969,6 +1109,14 @@ mod tests {
             "cv-fold-0"
         );
         assert_eq!(join(Some("/sub/"), "dataset.csv"), "sub/dataset.csv");
+        let members = [
+            "runs/team/cv-fold-0".to_string(),
+            "runs/team/cv-fold-1".to_string(),
+        ];
+        assert_eq!(common_folder("runs/team/ens", &members), "runs/team");
+        let elsewhere = ["other/team/m".to_string()];
+        assert_eq!(common_folder("runs/team/ens", &elsewhere), "");
+        assert_eq!(relative_to("other/team/m", ""), "other/team/m");
         assert_eq!(join(None, "dataset.csv"), "dataset.csv");
         assert_eq!(
             trainer_version("ghcr.io/voxel-dev/voxel-trainer:0.1.0"),

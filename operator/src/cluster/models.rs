@@ -155,14 +155,34 @@ pub async fn resolve_baseline(
     namespace: &str,
     spec: &CompareToSpec,
 ) -> Result<Model, ModelError> {
-    let mut versions = versions(client, namespace, &spec.model).await?;
-    let model = &spec.model;
-    let (wanted, what) = match (spec.version, &spec.alias) {
+    resolve(
+        client,
+        namespace,
+        &spec.model,
+        spec.version,
+        spec.alias.as_deref(),
+        "spec.compareTo",
+    )
+    .await
+}
+
+/// Version `version` of `model`, or the holder of `alias`, or else the latest; `field` names
+/// the reference in the error.
+pub async fn resolve(
+    client: &Client,
+    namespace: &str,
+    model: &str,
+    version: Option<u32>,
+    alias: Option<&str>,
+    field: &str,
+) -> Result<Model, ModelError> {
+    let mut versions = versions(client, namespace, model).await?;
+    let (wanted, what) = match (version, alias) {
         (Some(version), _) => (Some(version), format!("version {version} of model {model}")),
         (None, Some(alias)) => {
             let Some(version) = aliases(client, namespace, model).await?.0.remove(alias) else {
                 return Err(ModelError::NotFound(format!(
-                    "spec.compareTo.alias: model {model} has no alias {alias} in namespace \
+                    "{field}.alias: model {model} has no alias {alias} in namespace \
                      {namespace} (publish with promote first)"
                 )));
             };
@@ -179,7 +199,7 @@ pub async fn resolve_baseline(
     };
     found.ok_or_else(|| {
         ModelError::NotFound(format!(
-            "spec.compareTo: {what} is not published in namespace {namespace}"
+            "{field}: {what} is not published in namespace {namespace}"
         ))
     })
 }
