@@ -1466,6 +1466,56 @@ async fn a_cross_validation_trains_its_folds_as_pods_builds_one_ensemble_and_pub
             file.path
         );
     }
+
+    // A single Experiment compared with `production` and published as the next version.
+    let single = "hippocampus-single";
+    let mut manifest = cluster.example(single, 2);
+    manifest["spec"]["compareTo"] =
+        serde_yaml::from_str("{model: hippocampus, alias: production}").unwrap();
+    manifest["spec"]["publish"] = serde_yaml::from_str("{model: hippocampus}").unwrap();
+    cluster.apply(&manifest);
+    let done = cluster
+        .wait_for(single, "published", TRAINING_TIMEOUT, |s| {
+            s.conditions.iter().any(|c| c.type_ == "Published")
+        })
+        .await;
+    let status = done.status.unwrap();
+    assert_eq!(status.phase, Some(ExperimentPhase::Succeeded));
+    let published = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Published")
+        .unwrap();
+    assert_eq!(published.status, ConditionStatus::True, "{published:#?}");
+    assert_eq!(status.published_model.as_ref().map(|m| m.version), Some(3));
+    let comparison = status.comparison.clone().expect("compared with production");
+    assert_eq!(comparison.baseline, format!("hippocampus:{holder}"));
+    let v3 = models.get("hippocampus-v3").await.unwrap();
+    assert_eq!(v3.spec.lineage.source.name, single);
+    assert_eq!(v3.spec.configuration.experiment.as_ref(), Some(&done.spec));
+    assert_eq!(v3.spec.metrics, status.metrics);
+    let dir = cluster.artifact_dir(single);
+    assert_eq!(
+        mean_dice_by_structure(&dir.join("metrics.csv")).len(),
+        status.metrics.len()
+    );
+
+    // A baseline that does not exist fails an Experiment before it trains.
+    let orphan = "hippocampus-no-baseline";
+    let mut manifest = cluster.example(orphan, 2);
+    manifest["spec"]["compareTo"] = serde_yaml::from_str("{model: nope, version: 4}").unwrap();
+    cluster.apply(&manifest);
+    let failed = cluster
+        .wait_for(orphan, "failed", Duration::from_secs(60), |s| {
+            s.phase == Some(ExperimentPhase::Failed)
+        })
+        .await;
+    let message = &failed.status.unwrap().conditions[0].message;
+    assert!(
+        message.contains("spec.compareTo: version 4 of model nope is not published"),
+        "{message}"
+    );
+    assert!(cluster.trainer_pods(orphan).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -8,7 +8,7 @@
 //! their digests) in the published Model, whose per-subject metrics a later comparison reads
 //! from the same place.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{api::core::v1::Pod, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
@@ -26,7 +26,6 @@ use voxel_crds::{
     },
     ensemble::EnsembleStatus,
     experiment::{ExperimentPhase, ExperimentSpec},
-    results::Comparison,
 };
 
 use super::{
@@ -34,17 +33,15 @@ use super::{
     children::{self, EnsembleJob, LABEL_ATTEMPT, LABEL_ENSEMBLE, label_value},
     cross_validation::fold_name,
     experiment::{Context, ReconcileError, api_error, observe_pod},
-    models::{self, ANNOTATION_GIT_COMMIT, ANNOTATION_METRICS},
+    finish,
+    models::{self, ANNOTATION_GIT_COMMIT},
     mounts::parse_claim_uri,
     publish_events,
 };
 use crate::{
-    aggregate::summarize,
     attempts::{AttemptEnd, Transition, classify},
-    compare::compare_tables,
-    local::dataset::{dataset_digest, read_rows, subjects},
-    metrics_table::MetricsTable,
-    publication::{Lineage, ModelContent, digest_artifacts, model_resource},
+    local::dataset::{read_rows, subjects},
+    publication::ModelContent,
 };
 
 /// A preempted evaluation is started again at most this many times.
@@ -296,7 +293,7 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
             .await;
         }
     };
-    let output = format!("{}/{name}", parent(&members.folders[0]));
+    let output = format!("{}/{name}", finish::parent(&members.folders[0]));
 
     if let Some(attempt) = next_attempt {
         if attempt > MAX_ATTEMPTS {
@@ -405,22 +402,48 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
     match end {
         None => Ok(Action::await_change()),
         Some(AttemptEnd::Completed) => {
-            let results =
-                match results(context, &ensemble, &members, &output, &dataset_path, &rows).await {
-                    Ok(results) => results,
-                    Err(Err(error)) => return Err(error),
-                    Err(Ok((reason, message))) => {
-                        return finish_failed(
-                            context, &ensembles, &ensemble, &old, status, reason, &message, now,
-                        )
-                        .await;
-                    }
-                };
+            let candidate = finish::Candidate {
+                source: members.source.clone(),
+                claim: members.claim.clone(),
+                output: output.clone(),
+                networks: members.folders.clone(),
+                names: members.names.clone(),
+                content: ModelContent::Ensemble {
+                    configuration: members.template.clone(),
+                    members: members.names.clone(),
+                    combine: ensemble.spec.combine,
+                },
+                seed: members.template.training.seed,
+                compare_to: ensemble.spec.compare_to.clone(),
+                publish: ensemble.spec.publish.clone(),
+                git_commit: ensemble.annotations().get(ANNOTATION_GIT_COMMIT).cloned(),
+                manifest_digest: crate::digest::digest_bytes(
+                    &serde_json::to_vec(&ensemble.spec).expect("a spec serialises"),
+                ),
+            };
+            let results = match finish::results(
+                context,
+                &namespace,
+                &candidate,
+                &dataset_path,
+                &rows,
+            )
+            .await
+            {
+                Ok(results) => results,
+                Err(Err(error)) => return Err(error),
+                Err(Ok((reason, message))) => {
+                    return finish_failed(
+                        context, &ensembles, &ensemble, &old, status, reason, &message, now,
+                    )
+                    .await;
+                }
+            };
             status.metrics = results.metrics;
             status.mean_dice = voxel_crds::common::headline_dice(&status.metrics);
             let mut events = Vec::new();
             if let Some(comparison) = results.comparison {
-                let message = verdicts(&comparison);
+                let message = finish::verdicts(&comparison);
                 set_condition(
                     &mut status.conditions,
                     condition(
@@ -435,27 +458,8 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
                 events.push(("Compared", message));
                 status.comparison = Some(comparison);
             }
-            if let Some(Publication {
-                model,
-                version,
-                new,
-                promotion,
-            }) = results.published
-            {
-                let mut message = if new {
-                    format!("published {model} version {version}")
-                } else {
-                    format!("{model} version {version} was published from these results before")
-                };
-                match promotion {
-                    Some((alias, Ok(()))) => {
-                        message.push_str(&format!("; alias {alias} points to it"))
-                    }
-                    Some((alias, Err(reason))) => {
-                        message.push_str(&format!("; alias {alias} did not move: {reason}"))
-                    }
-                    None => {}
-                }
+            if let Some(publication) = results.published {
+                let message = publication.message();
                 set_condition(
                     &mut status.conditions,
                     condition(
@@ -468,7 +472,8 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
                     ),
                 );
                 events.push(("Published", message));
-                status.published_model = Some(models::version_ref(&model, version));
+                status.published_model =
+                    Some(models::version_ref(&publication.model, publication.version));
             }
             let dice = status
                 .mean_dice
@@ -706,272 +711,6 @@ async fn published_members(
     }))
 }
 
-/// What a finished evaluation gives.
-struct Results {
-    metrics: Vec<voxel_crds::results::StructureSummary>,
-    comparison: Option<Comparison>,
-    published: Option<Publication>,
-}
-
-/// A version published, and what became of the alias the spec promotes.
-struct Publication {
-    model: String,
-    version: u32,
-    /// False when the same results had been published before.
-    new: bool,
-    /// The alias, and whether it moved (`Err` holds why not).
-    promotion: Option<(String, Result<(), String>)>,
-}
-
-/// Moves the alias of `publish.promote` to a version just published, unless it is gated and the
-/// version is significantly worse than the alias's holder (the local registry's rule,
-/// [`crate::publication::promotion_allowed`]).
-async fn promote_alias(
-    context: &Context,
-    namespace: &str,
-    model: &str,
-    promote: &voxel_crds::common::PromoteSpec,
-    published: &models::Published,
-    candidate: &MetricsTable,
-) -> Result<Result<(), String>, models::ModelError> {
-    let version = published.version;
-    if !published.new {
-        // Re-running an old manifest must not pull an alias back to the version it made then.
-        return Ok(Err(format!(
-            "version {version} was published before; an alias moves only when a version is \
-             first published"
-        )));
-    }
-    let versions = models::versions(&context.client, namespace, model).await?;
-    let gate = |holder: Option<u32>| -> Result<(), String> {
-        let holder = match holder {
-            Some(holder) if promote.gated && holder != version => holder,
-            _ => return Ok(()),
-        };
-        let holder_model = versions
-            .get(&holder)
-            .ok_or_else(|| format!("the alias's holder, version {holder}, does not exist"))?;
-        let baseline = baseline_metrics(context, holder_model)?;
-        let comparison = compare_tables(
-            &baseline,
-            candidate,
-            &format!("{model}:{holder}"),
-            &format!("{model}:{version}"),
-            &crate::compare::CompareOptions::default(),
-        )
-        .map_err(|e| e.to_string())?;
-        crate::publication::promotion_allowed(&comparison, holder)
-    };
-    models::move_alias(
-        &context.client,
-        namespace,
-        model,
-        &promote.alias,
-        version,
-        gate,
-    )
-    .await
-}
-
-/// Reads the evaluation's metrics, compares them and publishes. `Err(Ok(..))` is a failure of
-/// the Ensemble (reason, message); `Err(Err(..))` an API error to retry.
-async fn results(
-    context: &Context,
-    ensemble: &Ensemble,
-    members: &Members,
-    output: &str,
-    dataset_path: &std::path::Path,
-    rows: &[crate::local::dataset::DatasetRow],
-) -> Result<Results, Result<(&'static str, String), ReconcileError>> {
-    let namespace = ensemble.namespace().unwrap_or_default();
-    let not_readable = |e: super::mounts::MountError| Ok(("ArtifactsNotReadable", e.to_string()));
-    let output_dir = context
-        .mounts
-        .resolve(&members.claim, output)
-        .map_err(not_readable)?;
-    let metrics_path = output_dir.join("metrics.csv");
-    let table = MetricsTable::read(&metrics_path).map_err(|e| Ok(("BadResults", e.to_string())))?;
-    let metrics = summarize(&table);
-
-    let comparison = match &ensemble.spec.compare_to {
-        None => None,
-        Some(spec) => {
-            let baseline = models::resolve_baseline(&context.client, &namespace, spec)
-                .await
-                .map_err(|e| Ok(("BaselineNotFound", e.to_string())))?;
-            let baseline_table =
-                baseline_metrics(context, &baseline).map_err(|m| Ok(("BaselineNotReadable", m)))?;
-            let comparison = compare_tables(
-                &baseline_table,
-                &table,
-                &format!("{}:{}", baseline.spec.model_name, baseline.spec.version),
-                &format!("{} {}", members.source.0, members.source.1),
-                &crate::local::stages::compare_options(spec),
-            )
-            .map_err(|e| Ok(("ComparisonFailed", format!("spec.compareTo: {e}"))))?;
-            Some(comparison)
-        }
-    };
-
-    let published = match &ensemble.spec.publish {
-        None => None,
-        Some(publish) => {
-            let base = common_folder(output, &members.folders);
-            let mut files: Vec<(PathBuf, String)> = Vec::new();
-            for folder in &members.folders {
-                for file in ["model.safetensors", "experiment.yaml"] {
-                    let relative = format!("{}/{file}", relative_to(folder, base));
-                    let path = context
-                        .mounts
-                        .resolve(&members.claim, &format!("{folder}/{file}"))
-                        .map_err(not_readable)?;
-                    files.push((path, relative));
-                }
-            }
-            let metrics_relative = format!("{}/metrics.csv", relative_to(output, base));
-            files.push((metrics_path.clone(), metrics_relative.clone()));
-            let (artifact_files, digest) = digest_artifacts(&files).map_err(|(path, e)| {
-                Ok(("ArtifactsNotReadable", format!("{}: {e}", path.display())))
-            })?;
-            let dataset =
-                dataset_digest(dataset_path, rows).map_err(|e| Ok(("BadData", e.to_string())))?;
-            let (kind, source_name, source_uid) = members.source.clone();
-            let lineage = Lineage {
-                source_kind: kind.into(),
-                source_name,
-                source_uid: source_uid.clone(),
-                trainer_image: Some(context.settings.trainer_image.clone()),
-                manifest_path: String::new(),
-                manifest_digest: crate::digest::digest_bytes(
-                    &serde_json::to_vec(&ensemble.spec).expect("a spec serialises"),
-                ),
-                dataset_digest: dataset,
-                seed: members.template.training.seed,
-                trainer_version: trainer_version(&context.settings.trainer_image),
-                git_commit: ensemble.annotations().get(ANNOTATION_GIT_COMMIT).cloned(),
-                runs: members.names.clone(),
-            };
-            let content = ModelContent::Ensemble {
-                configuration: members.template.clone(),
-                members: members.names.clone(),
-                combine: ensemble.spec.combine,
-            };
-            let location = format!("pvc://{}/{base}", members.claim);
-            let mut resource = model_resource(
-                &publish.model,
-                1,
-                &content,
-                &location,
-                &artifact_files,
-                &digest,
-                &metrics,
-                comparison.as_ref(),
-                &lineage,
-            )
-            .map_err(|e| Ok(("PublishFailed", e)))?;
-            resource
-                .annotations_mut()
-                .insert(ANNOTATION_METRICS.into(), metrics_relative);
-            let key = format!("{}/{digest}", source_uid.unwrap_or_default());
-            let published = models::publish(&context.client, &namespace, resource, &key)
-                .await
-                .map_err(|e| match e {
-                    models::ModelError::Api { action, source } => {
-                        Err(ReconcileError::Api { action, source })
-                    }
-                    other => Ok(("PublishFailed", other.to_string())),
-                })?;
-            info!(
-                model = publish.model,
-                version = published.version,
-                new = published.new,
-                "published"
-            );
-            let promotion = match &publish.promote {
-                None => None,
-                Some(promote) => Some((
-                    promote.alias.clone(),
-                    promote_alias(
-                        context,
-                        &namespace,
-                        &publish.model,
-                        promote,
-                        &published,
-                        &table,
-                    )
-                    .await
-                    .map_err(|e| match e {
-                        models::ModelError::Api { action, source } => {
-                            Err(ReconcileError::Api { action, source })
-                        }
-                        other => Ok(("PromotionFailed", other.to_string())),
-                    })?,
-                )),
-            };
-            Some(Publication {
-                model: publish.model.clone(),
-                version: published.version,
-                new: published.new,
-                promotion,
-            })
-        }
-    };
-    Ok(Results {
-        metrics,
-        comparison,
-        published,
-    })
-}
-
-/// The per-subject test metrics of a published version, checked against its recorded digest.
-fn baseline_metrics(context: &Context, model: &voxel_crds::Model) -> Result<MetricsTable, String> {
-    let label = format!("{}:{}", model.spec.model_name, model.spec.version);
-    let relative = model
-        .annotations()
-        .get(ANNOTATION_METRICS)
-        .ok_or_else(|| format!("{label} records no per-subject metrics ({ANNOTATION_METRICS})"))?;
-    let recorded = model
-        .spec
-        .artifact
-        .files
-        .iter()
-        .find(|f| &f.path == relative)
-        .ok_or_else(|| format!("{label}: {relative} is not among its artifact files"))?;
-    let dir = context
-        .mounts
-        .resolve_uri(&model.spec.artifact.location)
-        .map_err(|e| format!("{label}: {e}"))?;
-    let path = dir.join(relative);
-    let (digest, _) = crate::digest::digest_file(&path)
-        .map_err(|e| format!("{label}: {}: {e}", path.display()))?;
-    if digest != recorded.digest {
-        return Err(format!(
-            "{label}: {} changed since it was published (digest {digest}, published {})",
-            path.display(),
-            recorded.digest
-        ));
-    }
-    MetricsTable::read(&path).map_err(|e| format!("{label}: {e}"))
-}
-
-/// The tag of the trainer image, which is the trainer's version in released images.
-fn trainer_version(image: &str) -> String {
-    image
-        .rsplit_once(':')
-        .filter(|(_, tag)| !tag.contains('/'))
-        .map(|(_, tag)| tag.to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn verdicts(comparison: &Comparison) -> String {
-    let verdicts: Vec<String> = comparison
-        .verdicts
-        .iter()
-        .map(|v| format!("{}: {:?}", v.structure, v.verdict))
-        .collect();
-    format!("against {}: {}", comparison.baseline, verdicts.join(", "))
-}
-
 fn join(prefix: Option<&str>, path: &str) -> String {
     match prefix
         .map(|p| p.trim_matches('/'))
@@ -980,32 +719,6 @@ fn join(prefix: Option<&str>, path: &str) -> String {
         Some(prefix) => format!("{prefix}/{path}"),
         None => path.to_string(),
     }
-}
-
-fn parent(path: &str) -> &str {
-    path.rsplit_once('/').map_or("", |(parent, _)| parent)
-}
-
-/// The deepest folder that holds `output` and every member folder.
-fn common_folder<'a>(output: &'a str, members: &[String]) -> &'a str {
-    let mut base = parent(output);
-    while !base.is_empty()
-        && !members.iter().all(|m| {
-            m.strip_prefix(base)
-                .is_some_and(|rest| rest.starts_with('/'))
-        })
-    {
-        base = parent(base);
-    }
-    base
-}
-
-fn relative_to<'a>(path: &'a str, base: &str) -> &'a str {
-    if base.is_empty() {
-        return path;
-    }
-    path.strip_prefix(base)
-        .map_or(path, |rest| rest.trim_start_matches('/'))
 }
 
 fn condition(
@@ -1102,26 +815,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn paths_of_a_version_are_relative_to_the_folder_of_its_runs() {
-        assert_eq!(parent("experiments/team/cv-fold-0"), "experiments/team");
-        assert_eq!(
-            relative_to("experiments/team/cv-fold-0", "experiments/team"),
-            "cv-fold-0"
-        );
+    fn the_dataset_is_found_under_the_claim_sub_path() {
         assert_eq!(join(Some("/sub/"), "dataset.csv"), "sub/dataset.csv");
-        let members = [
-            "runs/team/cv-fold-0".to_string(),
-            "runs/team/cv-fold-1".to_string(),
-        ];
-        assert_eq!(common_folder("runs/team/ens", &members), "runs/team");
-        let elsewhere = ["other/team/m".to_string()];
-        assert_eq!(common_folder("runs/team/ens", &elsewhere), "");
-        assert_eq!(relative_to("other/team/m", ""), "other/team/m");
         assert_eq!(join(None, "dataset.csv"), "dataset.csv");
-        assert_eq!(
-            trainer_version("ghcr.io/voxel-dev/voxel-trainer:0.1.0"),
-            "0.1.0"
-        );
-        assert_eq!(trainer_version("localhost:5000/voxel-trainer"), "unknown");
     }
 }

@@ -28,7 +28,10 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 use voxel_crds::{
     Experiment,
-    common::{CONDITION_RUNNING, CONDITION_SUCCEEDED, Condition, ConditionStatus, set_condition},
+    common::{
+        CONDITION_COMPARED, CONDITION_PUBLISHED, CONDITION_RUNNING, CONDITION_SUCCEEDED, Condition,
+        ConditionStatus, set_condition,
+    },
     experiment::{ExperimentPhase, ExperimentStatus},
 };
 
@@ -215,7 +218,21 @@ async fn reconcile_inner(cached: &Experiment, context: &Context) -> Result<Actio
 
     // Validate (pure): the schema has checked most of this, but an operator can meet objects
     // written before a rule existed.
-    if let Some(problem) = invalid(&experiment, &context.settings) {
+    let mut problem = invalid(&experiment, &context.settings);
+    // A baseline that does not exist fails the run before anything trains.
+    if problem.is_none()
+        && old_status.attempts.is_empty()
+        && let Some(compare_to) = &experiment.spec.compare_to
+    {
+        match super::models::resolve_baseline(&context.client, &namespace, compare_to).await {
+            Ok(_) => {}
+            Err(super::models::ModelError::Api { action, source }) => {
+                return Err(ReconcileError::Api { action, source });
+            }
+            Err(error) => problem = Some(error.to_string()),
+        }
+    }
+    if let Some(problem) = problem {
         let mut status = experiment.status.clone().unwrap_or_default();
         let transitions = reject(&mut status, &experiment, &problem, now);
         write_status(&experiments, &name, &old_status, &status).await?;
@@ -305,6 +322,19 @@ async fn reconcile_inner(cached: &Experiment, context: &Context) -> Result<Actio
     if let Some(stale) = &plan.delete_pod {
         delete_pod(&pods, stale, observation.as_ref()).await?;
     }
+    // A succeeded run is compared and published once.
+    if plan.status.phase == Some(ExperimentPhase::Succeeded)
+        && (experiment.spec.compare_to.is_some() || experiment.spec.publish.is_some())
+        && !plan
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == CONDITION_PUBLISHED || c.type_ == CONDITION_COMPARED)
+    {
+        let mut status = plan.status.clone();
+        transitions.extend(finish_run(context, &experiment, &mut status, now).await?);
+        write_status(&experiments, &name, &plan.status, &status).await?;
+    }
     if plan.delete_experiment {
         info!(experiment = %name, namespace, "ttlSecondsAfterFinished passed; deleting");
         experiments
@@ -321,6 +351,138 @@ async fn reconcile_inner(cached: &Experiment, context: &Context) -> Result<Actio
         (after, false) => after,
     };
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Compares a succeeded Experiment's test metrics with its baseline and publishes it, into
+/// `status`; returns the Events to publish. A failure of either is a `False` condition: the
+/// training itself succeeded.
+async fn finish_run(
+    context: &Context,
+    experiment: &Experiment,
+    status: &mut ExperimentStatus,
+    now: Timestamp,
+) -> Result<Vec<Transition>, ReconcileError> {
+    let namespace = experiment.namespace().unwrap_or_default();
+    let name = experiment.name_any();
+    let spec = &experiment.spec;
+    let failed_type = if spec.publish.is_some() {
+        CONDITION_PUBLISHED
+    } else {
+        CONDITION_COMPARED
+    };
+    let outcome = async {
+        let location = status.artifacts.clone().unwrap_or_default();
+        let (claim, output) = super::mounts::parse_claim_uri(&location)
+            .map_err(|e| Ok(("UnsupportedArtifacts", e.to_string())))?;
+        let data = spec
+            .data
+            .source
+            .persistent_volume_claim
+            .as_ref()
+            .ok_or_else(|| {
+                Ok((
+                    "InvalidSpec",
+                    children::BuildError::DataNotMountable.to_string(),
+                ))
+            })?;
+        let dataset = match data.sub_path.as_deref().map(|p| p.trim_matches('/')) {
+            Some(sub) if !sub.is_empty() => format!("{sub}/{}", spec.data.dataset),
+            _ => spec.data.dataset.clone(),
+        };
+        let dataset_path = context
+            .mounts
+            .resolve(&data.claim_name, &dataset)
+            .map_err(|e| Ok(("DataNotReadable", e.to_string())))?;
+        let rows = crate::local::dataset::read_rows(&dataset_path)
+            .map_err(|e| Ok(("BadData", e.to_string())))?;
+        let candidate = super::finish::Candidate {
+            source: ("Experiment", name.clone(), experiment.uid()),
+            claim: claim.to_string(),
+            output: output.to_string(),
+            networks: vec![output.to_string()],
+            names: vec![name.clone()],
+            content: crate::publication::ModelContent::Single {
+                configuration: spec.clone(),
+            },
+            seed: spec.training.seed,
+            compare_to: spec.compare_to.clone(),
+            publish: spec.publish.clone(),
+            git_commit: experiment
+                .annotations()
+                .get(super::models::ANNOTATION_GIT_COMMIT)
+                .cloned(),
+            manifest_digest: crate::digest::digest_bytes(
+                &serde_json::to_vec(spec).expect("a spec serialises"),
+            ),
+        };
+        super::finish::results(context, &namespace, &candidate, &dataset_path, &rows).await
+    }
+    .await;
+    let condition = |type_: &str, status: ConditionStatus, reason: &str, message: &str| Condition {
+        type_: type_.into(),
+        status,
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: Time(now),
+        observed_generation: experiment.metadata.generation,
+    };
+    let mut transitions = Vec::new();
+    match outcome {
+        Err(Err(error)) => return Err(error),
+        Err(Ok((reason, message))) => {
+            set_condition(
+                &mut status.conditions,
+                condition(failed_type, ConditionStatus::False, reason, &message),
+            );
+            transitions.push(Transition {
+                warning: true,
+                reason: reason.into(),
+                message,
+            });
+        }
+        Ok(results) => {
+            if let Some(comparison) = results.comparison {
+                let message = super::finish::verdicts(&comparison);
+                set_condition(
+                    &mut status.conditions,
+                    condition(
+                        CONDITION_COMPARED,
+                        ConditionStatus::True,
+                        "Compared",
+                        &message,
+                    ),
+                );
+                transitions.push(Transition {
+                    warning: false,
+                    reason: "Compared".into(),
+                    message,
+                });
+                status.comparison = Some(comparison);
+            }
+            if let Some(publication) = results.published {
+                let message = publication.message();
+                set_condition(
+                    &mut status.conditions,
+                    condition(
+                        CONDITION_PUBLISHED,
+                        ConditionStatus::True,
+                        "Published",
+                        &message,
+                    ),
+                );
+                transitions.push(Transition {
+                    warning: false,
+                    reason: "Published".into(),
+                    message,
+                });
+                status.published_model = Some(super::models::version_ref(
+                    &publication.model,
+                    publication.version,
+                ));
+            }
+        }
+    }
+    Ok(transitions)
 }
 
 /// Why an Experiment cannot run on this cluster, if it cannot.

@@ -8,6 +8,7 @@ pub mod children;
 pub mod cross_validation;
 pub mod ensemble;
 pub mod experiment;
+pub mod finish;
 pub mod metrics;
 pub mod models;
 pub mod mounts;
