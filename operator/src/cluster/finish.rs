@@ -256,7 +256,7 @@ pub async fn results(
                     promote.alias.clone(),
                     promote_alias(
                         context,
-                        &namespace,
+                        namespace,
                         &publish.model,
                         promote,
                         &published,
