@@ -79,6 +79,12 @@ fn the_chart_lints_and_the_api_server_accepts_its_rendering() {
             "operator.leaderElection=false".into(),
             "artifacts.defaultClaim=runs".into(),
         ],
+        vec![
+            "artifacts.claimMounts[0].claim=voxel-artifacts".into(),
+            "artifacts.claimMounts[0].path=/mnt/artifacts".into(),
+            "artifacts.claimMounts[1].claim=hippocampus-mri".into(),
+            "artifacts.claimMounts[1].path=/mnt/data".into(),
+        ],
     ] {
         let values: Vec<&str> = values.iter().map(String::as_str).collect();
         let rendered = render(&cluster, ns, &values);
@@ -107,12 +113,16 @@ async fn the_operator_runs_with_the_rendered_deployment_arguments() {
         .local_addr()
         .unwrap()
         .port();
+    // The claim a pod would mount; here a folder the operator process reads.
+    let mount = tempfile::tempdir().unwrap();
     let rendered = render(
         &cluster,
         &ns,
         &[
             &format!("operator.watchNamespace={ns}"),
             &format!("metrics.port={port}"),
+            "artifacts.claimMounts[0].claim=voxel-artifacts",
+            &format!("artifacts.claimMounts[0].path={}", mount.path().display()),
         ],
     );
     let deployment = rendered
@@ -134,6 +144,23 @@ async fn the_operator_runs_with_the_rendered_deployment_arguments() {
         args.contains(&"--leader-elect=true".to_string()),
         "{args:?}"
     );
+    assert!(
+        args.contains(&format!(
+            "--claim-mount=voxel-artifacts={}",
+            mount.path().display()
+        )),
+        "{args:?}"
+    );
+    assert_eq!(
+        container["volumeMounts"][0]["name"],
+        "claim-voxel-artifacts"
+    );
+    assert_eq!(container["volumeMounts"][0]["readOnly"], true);
+    assert_eq!(
+        pod["volumes"][0]["persistentVolumeClaim"]["claimName"],
+        "voxel-artifacts"
+    );
+    assert_eq!(pod["volumes"][0]["persistentVolumeClaim"]["readOnly"], true);
 
     // The Deployment's own arguments; the downward API's variables as a pod would get them.
     let log = tempfile::NamedTempFile::new().unwrap();
