@@ -504,8 +504,8 @@ fn record(
             state,
             metrics,
         });
-        // The subjects each fold validated on, as its trainer wrote them.
-        if state == FoldPhase::Succeeded
+        // The subjects each fold validates on, as its trainer wrote them before its first epoch.
+        if matches!(state, FoldPhase::Running | FoldPhase::Succeeded)
             && !status.fold_assignment.iter().any(|a| a.fold == fold)
             && let Some(split) = experiment.and_then(|e| read_split(e, context))
         {
@@ -559,6 +559,9 @@ fn read_split(experiment: &Experiment, context: &Context) -> Option<voxel_crds::
             return None;
         }
     };
+    if !path.is_file() {
+        return None;
+    }
     let text = std::fs::read_to_string(&path)
         .map_err(|e| warn!(path = %path.display(), error = %e, "cannot read a fold's split"))
         .ok()?;
