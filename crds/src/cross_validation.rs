@@ -158,6 +158,11 @@ pub struct CrossValidationStatus {
     /// actually used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fold_assignment: Vec<FoldAssignment>,
+    /// `sha256:` of the template's `model`, `training` and `data` the folds were made from: an
+    /// edit of them after the first fold started fails the run rather than mix two
+    /// configurations in one ensemble.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_digest: Option<String>,
     /// The held-out test subjects, shared by every fold and the ensemble.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub test_subjects: Vec<String>,
@@ -226,4 +231,8 @@ pub struct FoldStatus {
     /// The fold model's per-structure metrics on the test set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metrics: Vec<StructureSummary>,
+    /// Where the fold's Experiment wrote its model (`pvc://claim/path` or `s3://bucket/key`),
+    /// kept when the Experiment is deleted after it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifacts: Option<String>,
 }

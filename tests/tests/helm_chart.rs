@@ -80,6 +80,7 @@ fn the_chart_lints_and_the_api_server_accepts_its_rendering() {
             "artifacts.defaultClaim=runs".into(),
         ],
         vec![
+            "operator.watchNamespace=".to_string() + ns,
             "artifacts.claimMounts[0].claim=voxel-artifacts".into(),
             "artifacts.claimMounts[0].path=/mnt/artifacts".into(),
             "artifacts.claimMounts[1].claim=hippocampus-mri".into(),
@@ -98,6 +99,24 @@ fn the_chart_lints_and_the_api_server_accepts_its_rendering() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
+    // Claims mount only into a pod of their own namespace.
+    let output = Command::new(helm(&cluster))
+        .args(["template", "voxel"])
+        .arg(chart())
+        .args(["--namespace", "voxel-system"])
+        .args(["--set", "operator.watchNamespace=team"])
+        .args(["--set", "artifacts.claimMounts[0].claim=voxel-artifacts"])
+        .args(["--set", "artifacts.claimMounts[0].path=/mnt/artifacts"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success()
+            && stderr.contains(
+                "artifacts.claimMounts: the operator can mount claims of its own namespace only"
+            ),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
@@ -151,10 +170,7 @@ async fn the_operator_runs_with_the_rendered_deployment_arguments() {
         )),
         "{args:?}"
     );
-    assert_eq!(
-        container["volumeMounts"][0]["name"],
-        "claim-voxel-artifacts"
-    );
+    assert_eq!(container["volumeMounts"][0]["name"], "claim-0");
     assert_eq!(container["volumeMounts"][0]["readOnly"], true);
     assert_eq!(
         pod["volumes"][0]["persistentVolumeClaim"]["claimName"],

@@ -872,12 +872,20 @@ async fn two_replicas_elect_one_leader_and_a_terminated_leader_hands_over() {
         .iter()
         .position(|(id, _)| *id == leader)
         .expect("the leader is a replica");
-    let (_, body) = http_get(&addresses[index], "/metrics").await.unwrap();
-    let reconciles = body
-        .lines()
-        .find_map(|l| l.strip_prefix("voxel_reconciles_total "))
-        .and_then(|v| v.parse::<f64>().ok());
-    assert!(reconciles.is_some_and(|n| n >= 1.0), "{body}");
+    // The leader counts its reconciles (polled: under load the first may still be in flight).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = http_get(&addresses[index], "/metrics").await.unwrap();
+        let reconciles = body
+            .lines()
+            .find_map(|l| l.strip_prefix("voxel_reconciles_total "))
+            .and_then(|v| v.parse::<f64>().ok());
+        if reconciles.is_some_and(|n| n >= 1.0) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // SIGTERM: the leader finishes, releases the Lease and exits 0; the standby takes over.
     let (_, mut old) = replicas.remove(index);
@@ -1148,6 +1156,29 @@ async fn a_cross_validation_trains_its_folds_as_pods_builds_one_ensemble_and_pub
         move |e: &Experiment| e.uid() != first_uid,
     )
     .await;
+    // Fold 0, deleted once the run recorded it finished, keeps its result and its model.
+    wait_for_object(
+        &cluster,
+        cvs.clone(),
+        name,
+        "recording fold 0 as succeeded",
+        TRAINING_TIMEOUT,
+        |cv: &CrossValidation| {
+            cv.status.as_ref().is_some_and(|s| {
+                s.folds.first().is_some_and(|f| {
+                    f.state == voxel_crds::cross_validation::FoldState::Succeeded
+                        && f.artifacts.is_some()
+                })
+            })
+        },
+    )
+    .await;
+    let fold0 = format!("{name}-fold-0");
+    cluster
+        .experiments()
+        .delete(&fold0, &DeleteParams::background())
+        .await
+        .unwrap();
 
     let cv = wait_for_object(
         &cluster,
@@ -1229,6 +1260,15 @@ async fn a_cross_validation_trains_its_folds_as_pods_builds_one_ensemble_and_pub
     }
 
     // One Ensemble, whose metrics are those of its metrics.csv.
+    assert!(
+        cluster
+            .experiments()
+            .get_opt(&fold0)
+            .await
+            .unwrap()
+            .is_none(),
+        "fold 0 is not made again once it finished"
+    );
     let all_ensembles = ensembles.list(&ListParams::default()).await.unwrap().items;
     assert_eq!(all_ensembles.len(), 1, "exactly one ensemble");
     let ensemble = &all_ensembles[0];

@@ -199,7 +199,19 @@ async fn reconcile_inner(
         return Ok(Action::await_change());
     }
     let now = Timestamp::now();
-    let old = cv.status.clone().unwrap_or_default();
+    let mut old = cv.status.clone().unwrap_or_default();
+    // A run refused for its spec starts afresh once the spec is edited.
+    let refused = old.conditions.iter().any(|c| {
+        c.type_ == CONDITION_SUCCEEDED
+            && matches!(c.reason.as_str(), "InvalidSpec" | "BaselineNotFound")
+    });
+    if refused && old.observed_generation != cv.metadata.generation {
+        old = CrossValidationStatus {
+            observed_generation: old.observed_generation,
+            ..CrossValidationStatus::default()
+        };
+    }
+    let old = old;
     if finished(&old) {
         return Ok(Action::await_change());
     }
@@ -207,6 +219,7 @@ async fn reconcile_inner(
     // Validate (pure).
     if let Err(errors) = cv.spec.validate() {
         let mut status = old.clone();
+        status.observed_generation = cv.metadata.generation;
         let message = errors.to_string();
         let changed = fail(&mut status, &cv, "InvalidSpec", &message, now);
         apply_status(&cvs, &name, "CrossValidation", &old, &status).await?;
@@ -225,6 +238,7 @@ async fn reconcile_inner(
             }
             Err(error) => {
                 let mut status = old.clone();
+                status.observed_generation = cv.metadata.generation;
                 let message = error.to_string();
                 let changed = fail(&mut status, &cv, "BaselineNotFound", &message, now);
                 apply_status(&cvs, &name, "CrossValidation", &old, &status).await?;
@@ -234,6 +248,24 @@ async fn reconcile_inner(
                 return Ok(Action::await_change());
             }
         }
+    }
+
+    // The folds of one run share one configuration.
+    let digest = template_digest(&cv);
+    if let Some(recorded) = &old.template_digest
+        && *recorded != digest
+    {
+        let mut status = old.clone();
+        status.observed_generation = cv.metadata.generation;
+        let message = "spec.template.model, training or data changed after the first fold \
+                       started; the folds would mix two configurations (revert the edit, or \
+                       create a new CrossValidation)";
+        let changed = fail(&mut status, &cv, "TemplateChanged", message, now);
+        apply_status(&cvs, &name, "CrossValidation", &old, &status).await?;
+        if changed {
+            publish(context, &cv, true, "TemplateChanged", message).await;
+        }
+        return Ok(Action::await_change());
     }
 
     // Observe.
@@ -361,6 +393,9 @@ async fn reconcile_inner(
         }
     }
     status.observed_generation = cv.metadata.generation;
+    if !start_folds.is_empty() || status.folds.iter().any(|f| f.state != FoldPhase::Pending) {
+        status.template_digest.get_or_insert(digest);
+    }
     apply_status(&cvs, &name, "CrossValidation", &old, &status).await?;
 
     for fold in start_folds {
@@ -405,6 +440,13 @@ async fn reconcile_inner(
         .await;
     }
     Ok(Action::await_change())
+}
+
+/// `sha256:` of what defines the folds' runs: the template's model, training and data.
+fn template_digest(cv: &CrossValidation) -> String {
+    let template = &cv.spec.template;
+    let defining = serde_json::json!([template.model, template.training, template.data]);
+    crate::digest::digest_bytes(&serde_json::to_vec(&defining).expect("a template serialises"))
 }
 
 fn finished(status: &CrossValidationStatus) -> bool {
@@ -498,11 +540,16 @@ fn record(
             .filter(|m| !m.is_empty())
             .or_else(|| recorded.map(|r| r.metrics.clone()))
             .unwrap_or_default();
+        let artifacts = experiment
+            .and_then(|e| e.status.as_ref())
+            .and_then(|s| s.artifacts.clone())
+            .or_else(|| recorded.and_then(|r| r.artifacts.clone()));
         status.folds.push(FoldStatus {
             fold,
             experiment: fold_name(&name, fold),
             state,
             metrics,
+            artifacts,
         });
         // The subjects each fold validates on, as its trainer wrote them before its first epoch.
         if matches!(state, FoldPhase::Running | FoldPhase::Succeeded)
@@ -796,6 +843,7 @@ mod tests {
                         FoldPhase::Running
                     },
                     metrics: Vec::new(),
+                    artifacts: None,
                 })
                 .collect(),
             ..CrossValidationStatus::default()

@@ -315,17 +315,8 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
             members.folders.len(),
             test.len()
         );
-        let news = set_condition(
-            &mut status.conditions,
-            condition(
-                &ensemble,
-                CONDITION_RUNNING,
-                ConditionStatus::True,
-                "Running",
-                &message,
-                now,
-            ),
-        );
+        // The pod's name is the attempt's, so the status can follow the create: a restarted
+        // operator finds the pod by its attempt label.
         set_condition(
             &mut status.conditions,
             condition(
@@ -337,7 +328,6 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
                 now,
             ),
         );
-        apply_status(&ensembles, &name, "Ensemble", &old, &status).await?;
         let job = EnsembleJob {
             ensemble: &ensemble,
             attempt,
@@ -371,7 +361,7 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(kube::Error::Api(e)) => {
                 let message = format!("the API server rejected the evaluation pod: {}", e.message);
-                set_condition(
+                let news = set_condition(
                     &mut status.conditions,
                     condition(
                         &ensemble,
@@ -383,7 +373,9 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
                     ),
                 );
                 apply_status(&ensembles, &name, "Ensemble", &old, &status).await?;
-                publish(context, &ensemble, true, "PodRejected", &message).await;
+                if news {
+                    publish(context, &ensemble, true, "PodRejected", &message).await;
+                }
                 return Ok(Action::requeue(Duration::from_secs(30)));
             }
             Err(source) => {
@@ -393,6 +385,18 @@ async fn reconcile_inner(cached: &Ensemble, context: &Context) -> Result<Action,
                 });
             }
         }
+        let news = set_condition(
+            &mut status.conditions,
+            condition(
+                &ensemble,
+                CONDITION_RUNNING,
+                ConditionStatus::True,
+                "Running",
+                &message,
+                now,
+            ),
+        );
+        apply_status(&ensembles, &name, "Ensemble", &old, &status).await?;
         if news {
             publish(context, &ensemble, false, "Started", &message).await;
         }
@@ -544,14 +548,27 @@ async fn members(
             .map_err(api_error(format!(
                 "reading Experiment {namespace}/{fold_name}"
             )))?;
-        let status = experiment.and_then(|e| e.status).unwrap_or_default();
-        let location = match (status.phase, status.artifacts) {
-            (Some(ExperimentPhase::Succeeded), Some(location)) => location,
-            _ => {
-                return Ok(Err(Blocked::Waiting(format!(
-                    "fold Experiment {fold_name} has not succeeded"
-                ))));
-            }
+        // The fold as it is, if the CrossValidation still owns it; else as it recorded it.
+        let uid = cv.uid();
+        let current = experiment
+            .filter(|e| {
+                e.owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
+            })
+            .and_then(|e| e.status)
+            .filter(|s| s.phase == Some(ExperimentPhase::Succeeded))
+            .and_then(|s| s.artifacts);
+        let recorded = cv
+            .status
+            .as_ref()
+            .and_then(|s| s.folds.iter().find(|f| f.fold == fold))
+            .filter(|f| f.state == voxel_crds::cross_validation::FoldState::Succeeded)
+            .and_then(|f| f.artifacts.clone());
+        let Some(location) = current.or(recorded) else {
+            return Ok(Err(Blocked::Waiting(format!(
+                "fold Experiment {fold_name} of CrossValidation {cv_name} has not succeeded"
+            ))));
         };
         let Ok((claim, folder)) = parse_claim_uri(&location) else {
             return Ok(Err(Blocked::Invalid(
