@@ -1649,3 +1649,82 @@ async fn concurrent_publishers_get_distinct_consecutive_versions_and_a_retry_mak
         7
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fold_name_taken_by_another_object_is_reported_and_never_adopted() {
+    let Some(cluster) = Cluster::start("op-cv-taken", 1).await else {
+        return;
+    };
+    let ns = cluster.ns().to_string();
+    let cvs: Api<CrossValidation> = Api::namespaced(cluster.client.clone(), &ns);
+    // Someone's own Experiment holds the name of fold 0 (suspended: it never trains).
+    let mut squatter = cluster.example("sq-fold-0", 1);
+    squatter["spec"]["suspend"] = true.into();
+    cluster.apply(&squatter);
+    let mut manifest = cv_example(&cluster, "sq", 1);
+    manifest["spec"]["folds"] = 2.into();
+    manifest["spec"]["parallelism"] = 1.into();
+    manifest["spec"]["template"]["suspend"] = true.into();
+    cluster.apply(&manifest);
+    let cv = wait_for_object(
+        &cluster,
+        cvs.clone(),
+        "sq",
+        "reporting the taken name",
+        Duration::from_secs(60),
+        |cv: &CrossValidation| {
+            cv.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Running" && c.reason == "NameTaken")
+            })
+        },
+    )
+    .await;
+    let running = cv
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Running")
+        .unwrap();
+    assert_eq!(running.status, ConditionStatus::False);
+    assert!(
+        running
+            .message
+            .contains("Experiment sq-fold-0 exists and is not owned by this CrossValidation"),
+        "{}",
+        running.message
+    );
+    let squatting = cluster.experiments().get("sq-fold-0").await.unwrap();
+    assert!(squatting.owner_references().is_empty(), "never adopted");
+    assert!(
+        cluster
+            .experiments()
+            .get_opt("sq-fold-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Once the name is free, the fold is made.
+    cluster
+        .experiments()
+        .delete("sq-fold-0", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    let uid = cv.metadata.uid.clone();
+    wait_for_object(
+        &cluster,
+        cluster.experiments(),
+        "sq-fold-0",
+        "made by the CrossValidation",
+        Duration::from_secs(90),
+        move |e: &Experiment| {
+            e.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref())
+        },
+    )
+    .await;
+}

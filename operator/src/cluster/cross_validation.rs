@@ -312,16 +312,47 @@ async fn reconcile_inner(
         },
     );
 
+    // A child's name held by an object this run does not own is never adopted: it is reported.
+    let Decision {
+        mut start_folds,
+        stop_folds,
+        mut start_ensemble,
+        outcome,
+    } = decision;
+    let mut taken = Vec::new();
+    for fold in start_folds.clone() {
+        let child = fold_name(&name, fold);
+        if let Some(other) = experiments
+            .get_opt(&child)
+            .await
+            .map_err(api_error(format!("reading Experiment {namespace}/{child}")))?
+            && !owned(&other.metadata)
+        {
+            taken.push(format!("Experiment {child}"));
+            start_folds.retain(|f| *f != fold);
+        }
+    }
+    if start_ensemble
+        && let Some(other) = ensembles
+            .get_opt(&ensemble_name(&name))
+            .await
+            .map_err(api_error(format!(
+                "reading the ensemble of {namespace}/{name}"
+            )))?
+        && !owned(&other.metadata)
+    {
+        taken.push(format!("Ensemble {}", other.name_any()));
+        start_ensemble = false;
+    }
+
     // Apply: the status first, then the children it accounts for.
     let mut status = old.clone();
     record(&mut status, &cv, &children, &observation, context);
     let mut transitions = Vec::new();
-    let Decision {
-        start_folds,
-        stop_folds,
-        start_ensemble,
-        outcome,
-    } = decision;
+    let was_running = old
+        .conditions
+        .iter()
+        .any(|c| c.type_ == CONDITION_RUNNING && c.status == ConditionStatus::True);
     match &outcome {
         Some(Outcome::Succeeded) => {
             let dice = status
@@ -361,17 +392,37 @@ async fn reconcile_inner(
                     status.folds_succeeded, cv.spec.folds
                 )
             };
+            let (running_status, reason, message) = if taken.is_empty() {
+                (ConditionStatus::True, "Running", message)
+            } else {
+                (
+                    ConditionStatus::False,
+                    "NameTaken",
+                    format!(
+                        "{} exists and is not owned by this CrossValidation; delete or rename \
+                         it ({message})",
+                        taken.join(", ")
+                    ),
+                )
+            };
             let changed = set_condition(
                 &mut status.conditions,
                 condition(
                     &cv,
                     CONDITION_RUNNING,
-                    ConditionStatus::True,
-                    "Running",
+                    running_status,
+                    reason,
                     &message,
                     now,
                 ),
             );
+            if changed && !taken.is_empty() {
+                transitions.push(Transition {
+                    warning: true,
+                    reason: "NameTaken".into(),
+                    message: message.clone(),
+                });
+            }
             set_condition(
                 &mut status.conditions,
                 condition(
@@ -383,7 +434,7 @@ async fn reconcile_inner(
                     now,
                 ),
             );
-            if changed {
+            if changed && taken.is_empty() && !was_running {
                 transitions.push(Transition {
                     warning: false,
                     reason: "Started".into(),
@@ -429,6 +480,7 @@ async fn reconcile_inner(
             });
         }
     }
+    let requeue = (!taken.is_empty()).then(|| Duration::from_secs(30));
     for transition in &transitions {
         publish(
             context,
@@ -439,7 +491,7 @@ async fn reconcile_inner(
         )
         .await;
     }
-    Ok(Action::await_change())
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// `sha256:` of what defines the folds' runs: the template's model, training and data.
