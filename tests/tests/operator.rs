@@ -1727,4 +1727,53 @@ async fn a_fold_name_taken_by_another_object_is_reported_and_never_adopted() {
         },
     )
     .await;
+    // The folds started from one configuration: editing it now fails the run.
+    cluster.control_plane.kubectl_ok(
+        &[
+            "patch",
+            "-n",
+            &ns,
+            "crossvalidation",
+            "sq",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"template":{"training":{"epochs":5}}}}"#,
+        ],
+        None,
+    );
+    let cv = wait_for_object(
+        &cluster,
+        cvs,
+        "sq",
+        "failed for the edit",
+        Duration::from_secs(60),
+        |cv: &CrossValidation| {
+            cv.status
+                .as_ref()
+                .and_then(|s| succeeded(&s.conditions))
+                .is_some_and(|s| s == ConditionStatus::False)
+        },
+    )
+    .await;
+    let failed = cv
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Succeeded")
+        .unwrap();
+    assert_eq!(failed.reason, "TemplateChanged", "{failed:#?}");
+    // What ran stops: the unfinished fold is deleted.
+    let gone = |e: Option<&Experiment>| e.is_none_or(|e| e.metadata.deletion_timestamp.is_some());
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(60),
+        await_condition(cluster.experiments(), "sq-fold-0", gone),
+    )
+    .await;
+    assert!(matches!(stopped, Ok(Ok(_))), "{stopped:?}");
+    assert!(
+        failed
+            .message
+            .contains("spec.template.model, training or data changed")
+    );
 }

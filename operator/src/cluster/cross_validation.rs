@@ -262,6 +262,7 @@ async fn reconcile_inner(
                        create a new CrossValidation)";
         let changed = fail(&mut status, &cv, "TemplateChanged", message, now);
         apply_status(&cvs, &name, "CrossValidation", &old, &status).await?;
+        stop_children(&cv, &experiments, &ensembles).await?;
         if changed {
             publish(context, &cv, true, "TemplateChanged", message).await;
         }
@@ -492,6 +493,48 @@ async fn reconcile_inner(
         .await;
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Deletes the fold Experiments of a failed run that have not finished, and its Ensemble if it
+/// has not: what runs stops, what finished stays.
+async fn stop_children(
+    cv: &CrossValidation,
+    experiments: &Api<Experiment>,
+    ensembles: &Api<Ensemble>,
+) -> Result<(), ReconcileError> {
+    let name = cv.name_any();
+    let uid = cv.uid();
+    let owned = |meta: &ObjectMeta| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
+    };
+    for fold in 0..cv.spec.folds {
+        let child = fold_name(&name, fold);
+        if let Some(experiment) = experiments
+            .get_opt(&child)
+            .await
+            .map_err(api_error(format!("reading Experiment {child}")))?
+            && owned(&experiment.metadata)
+            && matches!(fold_state(&experiment), FoldState::Running)
+        {
+            delete(experiments, &child).await?;
+        }
+    }
+    if let Some(ensemble) = ensembles
+        .get_opt(&ensemble_name(&name))
+        .await
+        .map_err(api_error(format!(
+            "reading Ensemble {}",
+            ensemble_name(&name)
+        )))?
+        && owned(&ensemble.metadata)
+        && ensemble_state(&ensemble) == StageState::Running
+    {
+        delete(ensembles, &ensemble.name_any()).await?;
+    }
+    Ok(())
 }
 
 /// `sha256:` of what defines the folds' runs: the template's model, training and data.
