@@ -886,6 +886,17 @@ async fn two_replicas_elect_one_leader_and_a_terminated_leader_hands_over() {
         assert!(tokio::time::Instant::now() < deadline, "{body}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Both replicas started at once and raced for the free Lease: the one that lost it never
+    // reconciled.
+    let (_, body) = http_get(&addresses[1 - index], "/metrics").await.unwrap();
+    let standby_reconciles = body
+        .lines()
+        .find_map(|l| l.strip_prefix("voxel_reconciles_total "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(
+        standby_reconciles.is_none_or(|n| n == 0.0),
+        "the standby reconciled while {leader} led:\n{body}"
+    );
 
     // SIGTERM: the leader finishes, releases the Lease and exits 0; the standby takes over.
     let (_, mut old) = replicas.remove(index);

@@ -35,6 +35,20 @@ use self::{children::Settings, experiment::Context, metrics::OperatorMetrics};
 /// The field manager of everything the operator writes with server-side apply.
 pub const FIELD_MANAGER: &str = "voxel-operator";
 
+/// The field manager of this replica's writes to the Lease: `voxel-operator-lease-<identity>`,
+/// cut to the API server's 128 characters.
+fn lease_field_manager(identity: &str) -> String {
+    let mut manager = format!("{FIELD_MANAGER}-lease-{identity}");
+    if manager.len() > 128 {
+        let mut end = 128;
+        while !manager.is_char_boundary(end) {
+            end -= 1;
+        }
+        manager.truncate(end);
+    }
+    manager
+}
+
 /// Seconds a leader's Lease stays valid without renewal: a standby takes over at most this
 /// long after the leader died.
 const LEASE_DURATION_S: u64 = 15;
@@ -197,7 +211,10 @@ pub async fn run(args: OperatorArgs) -> anyhow::Result<()> {
         let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
             .with_namespace(&namespace)
             .with_identity(&identity)
-            .with_field_manager(format!("{FIELD_MANAGER}-lease"))
+            // One field manager per replica: taking a free Lease is a server-side apply of
+            // `holderIdentity`, and only distinct managers make two replicas' applies conflict
+            // rather than both succeed and both lead.
+            .with_field_manager(lease_field_manager(&identity))
             .with_duration(LEASE_DURATION_S)
             .with_grace(LEASE_GRACE_S)
             .build()
@@ -408,7 +425,7 @@ async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_address;
+    use super::{lease_field_manager, parse_address};
 
     #[test]
     fn metrics_addresses_take_a_port_alone_or_a_host_name() {
@@ -417,5 +434,17 @@ mod tests {
         assert!(parse_address("localhost:9090").unwrap().ip().is_loopback());
         let error = parse_address("8080").unwrap_err();
         assert!(error.contains("expected HOST:PORT or :PORT"), "{error}");
+    }
+
+    #[test]
+    fn each_replica_writes_the_lease_as_its_own_field_manager() {
+        let a = lease_field_manager("voxel-operator-7d9f-abcde");
+        assert_eq!(a, "voxel-operator-lease-voxel-operator-7d9f-abcde");
+        assert_ne!(a, lease_field_manager("voxel-operator-7d9f-fghij"));
+        let long = lease_field_manager(&"é".repeat(100));
+        assert!(
+            long.len() <= 128 && long.starts_with("voxel-operator-lease-é"),
+            "{long}"
+        );
     }
 }
