@@ -1788,3 +1788,79 @@ async fn a_fold_name_taken_by_another_object_is_reported_and_never_adopted() {
             .contains("spec.template.model, training or data changed")
     );
 }
+
+#[tokio::test]
+async fn a_fold_whose_pod_is_refused_is_named_by_the_cross_validation_until_it_runs() {
+    let Some(cluster) = Cluster::start("op-cv-held", 1).await else {
+        return;
+    };
+    let ns = cluster.ns().to_string();
+    let cvs: Api<CrossValidation> = Api::namespaced(cluster.client.clone(), &ns);
+    // A priority class that does not exist yet: the API server refuses the folds' pods.
+    let class = format!("{ns}-folds");
+    let mut manifest = cv_example(&cluster, "held", 1);
+    manifest["spec"]["folds"] = 2.into();
+    manifest["spec"]["parallelism"] = 2.into();
+    manifest["spec"]["template"]["scheduling"]["priorityClassName"] = class.clone().into();
+    cluster.apply(&manifest);
+    fn running(cv: &CrossValidation) -> Option<voxel_crds::common::Condition> {
+        cv.status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Running"))
+            .cloned()
+    }
+    let both_named = |cv: &CrossValidation| {
+        running(cv).is_some_and(|c| {
+            c.reason == "FoldNotRunning"
+                && c.message.contains("held-fold-0: PodRejected: ")
+                && c.message.contains("held-fold-1: PodRejected: ")
+        })
+    };
+    let cv = wait_for_object(
+        &cluster,
+        cvs.clone(),
+        "held",
+        "naming the refused folds",
+        Duration::from_secs(90),
+        both_named,
+    )
+    .await;
+    let held = running(&cv).unwrap();
+    assert_eq!(held.status, ConditionStatus::False);
+    assert!(held.message.contains(&class), "{}", held.message);
+    let reasons = cluster.event_reasons("held", &["FoldNotRunning"]).await;
+    assert!(reasons.contains(&"FoldNotRunning".into()), "{reasons:?}");
+
+    // Once the class exists, the folds' next tries make their pods and the run goes on.
+    let priority_class = serde_json::json!({
+        "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+        "metadata": {"name": class}, "value": 1000,
+    });
+    cluster
+        .control_plane
+        .kubectl_ok(&["apply", "-f", "-"], Some(&priority_class.to_string()));
+    let cv = wait_for_object(
+        &cluster,
+        cvs.clone(),
+        "held",
+        "running again",
+        Duration::from_secs(120),
+        move |cv: &CrossValidation| {
+            running(cv).is_some_and(|c| c.status == ConditionStatus::True && c.reason == "Running")
+        },
+    )
+    .await;
+    let reasons = cluster.event_reasons("held", &[]).await;
+    assert_eq!(
+        reasons.iter().filter(|r| *r == "Started").count(),
+        1,
+        "a run held from its start started once: {reasons:?}"
+    );
+    cvs.delete("held", &DeleteParams::foreground())
+        .await
+        .unwrap();
+    cluster
+        .control_plane
+        .kubectl_ok(&["delete", "priorityclass", &class], None);
+    drop(cv);
+}

@@ -22,7 +22,10 @@ use kube::{
 use tracing::{debug, info, warn};
 use voxel_crds::{
     CrossValidation, Ensemble, EnsembleSpec, Experiment,
-    common::{CONDITION_RUNNING, CONDITION_SUCCEEDED, Condition, ConditionStatus, set_condition},
+    common::{
+        CONDITION_RUNNING, CONDITION_STALLED, CONDITION_SUCCEEDED, Condition, ConditionStatus,
+        set_condition,
+    },
     cross_validation::{CrossValidationStatus, FoldAssignment, FoldState as FoldPhase, FoldStatus},
     experiment::{ExperimentPhase, FoldSelection},
 };
@@ -350,10 +353,11 @@ async fn reconcile_inner(
     let mut status = old.clone();
     record(&mut status, &cv, &children, &observation, context);
     let mut transitions = Vec::new();
-    let was_running = old
-        .conditions
-        .iter()
-        .any(|c| c.type_ == CONDITION_RUNNING && c.status == ConditionStatus::True);
+    // A fold held up and running again is not a new start.
+    let was_running = old.conditions.iter().any(|c| {
+        c.type_ == CONDITION_RUNNING
+            && (c.status == ConditionStatus::True || c.reason == "FoldNotRunning")
+    });
     match &outcome {
         Some(Outcome::Succeeded) => {
             let dice = status
@@ -393,9 +397,8 @@ async fn reconcile_inner(
                     status.folds_succeeded, cv.spec.folds
                 )
             };
-            let (running_status, reason, message) = if taken.is_empty() {
-                (ConditionStatus::True, "Running", message)
-            } else {
+            let held = folds_held(&children, &observation);
+            let (running_status, reason, message) = if !taken.is_empty() {
                 (
                     ConditionStatus::False,
                     "NameTaken",
@@ -405,6 +408,12 @@ async fn reconcile_inner(
                         taken.join(", ")
                     ),
                 )
+            } else if !held.is_empty() {
+                // The folds alone: the message (and with it the Warning) changes only when they
+                // do, not with every fold that finishes meanwhile.
+                (ConditionStatus::False, "FoldNotRunning", held.join("; "))
+            } else {
+                (ConditionStatus::True, "Running", message)
             };
             let changed = set_condition(
                 &mut status.conditions,
@@ -417,11 +426,19 @@ async fn reconcile_inner(
                     now,
                 ),
             );
-            if changed && !taken.is_empty() {
+            // Started once, when the first folds are made, even if they are held from the start.
+            if changed && reason != "NameTaken" && !was_running {
+                transitions.push(Transition {
+                    warning: false,
+                    reason: "Started".into(),
+                    message: message.clone(),
+                });
+            }
+            if changed && running_status == ConditionStatus::False {
                 transitions.push(Transition {
                     warning: true,
-                    reason: "NameTaken".into(),
-                    message: message.clone(),
+                    reason: reason.into(),
+                    message,
                 });
             }
             set_condition(
@@ -435,13 +452,6 @@ async fn reconcile_inner(
                     now,
                 ),
             );
-            if changed && taken.is_empty() && !was_running {
-                transitions.push(Transition {
-                    warning: false,
-                    reason: "Started".into(),
-                    message,
-                });
-            }
         }
     }
     status.observed_generation = cv.metadata.generation;
@@ -577,6 +587,31 @@ fn observe(cv: &CrossValidation, old: &CrossValidationStatus, children: &Childre
         ensemble_enabled: cv.spec.ensemble.enabled,
         ensemble,
     }
+}
+
+/// The unfinished folds whose Experiment says it is not training, each as `<name>: <reason>:
+/// <message>`: a pod the API server refused, a suspended run, a trainer with no recent epoch.
+fn folds_held(children: &Children, observation: &Observation) -> Vec<String> {
+    observation
+        .folds
+        .iter()
+        .zip(0..)
+        .filter(|(f, _)| f.state == FoldState::Running)
+        .filter_map(|(_, fold)| {
+            let experiment = children.folds.get(&fold)?;
+            let conditions = &experiment.status.as_ref()?.conditions;
+            let held = conditions.iter().find(|c| {
+                (c.type_ == CONDITION_RUNNING && c.status == ConditionStatus::False)
+                    || (c.type_ == CONDITION_STALLED && c.status == ConditionStatus::True)
+            })?;
+            Some(format!(
+                "{}: {}: {}",
+                experiment.name_any(),
+                held.reason,
+                held.message
+            ))
+        })
+        .collect()
 }
 
 fn fold_state(experiment: &Experiment) -> FoldState {
@@ -984,5 +1019,76 @@ mod tests {
             vec![1],
             "the deleted fold is made again"
         );
+    }
+
+    #[test]
+    fn unfinished_folds_that_are_not_training_are_named_with_their_reason() {
+        let cv = cv();
+        let with = |fold: u32, phase, conditions: Vec<(&str, ConditionStatus, &str)>| {
+            let mut experiment = fold_experiment(&cv, fold);
+            experiment.status = Some(voxel_crds::experiment::ExperimentStatus {
+                phase: Some(phase),
+                conditions: conditions
+                    .into_iter()
+                    .map(|(type_, status, reason)| Condition {
+                        type_: type_.into(),
+                        status,
+                        reason: reason.into(),
+                        message: format!("{reason} happened"),
+                        last_transition_time: Time(Timestamp::UNIX_EPOCH),
+                        observed_generation: None,
+                    })
+                    .collect(),
+                ..Default::default()
+            });
+            (fold, experiment)
+        };
+        let children = Children {
+            folds: BTreeMap::from([
+                // Finished: its Running=False is the end of the run, not a hold-up.
+                with(
+                    0,
+                    ExperimentPhase::Succeeded,
+                    vec![(CONDITION_RUNNING, ConditionStatus::False, "Completed")],
+                ),
+                with(
+                    1,
+                    ExperimentPhase::Pending,
+                    vec![(CONDITION_RUNNING, ConditionStatus::False, "PodRejected")],
+                ),
+                with(
+                    2,
+                    ExperimentPhase::Running,
+                    vec![
+                        (CONDITION_RUNNING, ConditionStatus::True, "Running"),
+                        (CONDITION_STALLED, ConditionStatus::True, "NoProgress"),
+                    ],
+                ),
+            ]),
+            ensemble: None,
+        };
+        let observation = observe(&cv, &CrossValidationStatus::default(), &children);
+        let name = cv.name_any();
+        assert_eq!(
+            folds_held(&children, &observation),
+            [
+                format!("{name}-fold-1: PodRejected: PodRejected happened"),
+                format!("{name}-fold-2: NoProgress: NoProgress happened"),
+            ]
+        );
+        // Training normally, or recovered from a stall: nothing is held.
+        let children = Children {
+            folds: BTreeMap::from([with(
+                2,
+                ExperimentPhase::Running,
+                vec![
+                    (CONDITION_RUNNING, ConditionStatus::True, "Running"),
+                    (CONDITION_STALLED, ConditionStatus::False, "Progressing"),
+                ],
+            )]),
+            ensemble: None,
+        };
+        let observation = observe(&cv, &CrossValidationStatus::default(), &children);
+        assert!(folds_held(&children, &observation).is_empty());
     }
 }
