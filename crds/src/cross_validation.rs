@@ -158,9 +158,9 @@ pub struct CrossValidationStatus {
     /// actually used.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub fold_assignment: Vec<FoldAssignment>,
-    /// `sha256:` of the template's `model`, `training` and `data` the folds were made from: an
-    /// edit of them after the first fold started fails the run rather than mix two
-    /// configurations in one ensemble.
+    /// `sha256:` of the template's `model`, `training` and `data`, and of `folds` and `seed`,
+    /// that the folds were made from: an edit of them after the first fold started fails the
+    /// run rather than mix two configurations in one ensemble.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_digest: Option<String>,
     /// The held-out test subjects, shared by every fold and the ensemble.

@@ -1785,7 +1785,7 @@ async fn a_fold_name_taken_by_another_object_is_reported_and_never_adopted() {
     assert!(
         failed
             .message
-            .contains("spec.template.model, training or data changed")
+            .contains("spec.template.model, training or data, or spec.folds or spec.seed")
     );
 }
 
@@ -1863,4 +1863,101 @@ async fn a_fold_whose_pod_is_refused_is_named_by_the_cross_validation_until_it_r
         .control_plane
         .kubectl_ok(&["delete", "priorityclass", &class], None);
     drop(cv);
+}
+
+#[tokio::test]
+async fn a_run_refused_mid_way_stops_its_folds_and_still_knows_their_configuration() {
+    let Some(cluster) = Cluster::start("op-cv-refused", 1).await else {
+        return;
+    };
+    let ns = cluster.ns().to_string();
+    let cvs: Api<CrossValidation> = Api::namespaced(cluster.client.clone(), &ns);
+    // Enough epochs that neither fold finishes while the test edits the run.
+    let mut manifest = cv_example(&cluster, "rf", 50);
+    manifest["spec"]["folds"] = 2.into();
+    manifest["spec"]["parallelism"] = 2.into();
+    cluster.apply(&manifest);
+    let digest = wait_for_object(
+        &cluster,
+        cvs.clone(),
+        "rf",
+        "both folds made",
+        Duration::from_secs(60),
+        |cv: &CrossValidation| {
+            cv.status
+                .as_ref()
+                .is_some_and(|s| s.template_digest.is_some() && s.folds.len() == 2)
+        },
+    )
+    .await
+    .status
+    .unwrap()
+    .template_digest;
+    let patch = |body: &str| {
+        cluster.control_plane.kubectl_ok(
+            &[
+                "patch",
+                "-n",
+                &ns,
+                "crossvalidation",
+                "rf",
+                "--type=merge",
+                "-p",
+                body,
+            ],
+            None,
+        );
+    };
+    let failed_for = |reason: &'static str| {
+        move |cv: &CrossValidation| {
+            cv.status.as_ref().is_some_and(|s| {
+                s.conditions.iter().any(|c| {
+                    c.type_ == "Succeeded"
+                        && c.status == ConditionStatus::False
+                        && c.reason == reason
+                })
+            })
+        }
+    };
+
+    // A baseline that does not exist refuses the run, and what trains for it stops.
+    patch(r#"{"spec":{"compareTo":{"model":"no-such-model","version":1}}}"#);
+    wait_for_object(
+        &cluster,
+        cvs.clone(),
+        "rf",
+        "refused",
+        Duration::from_secs(60),
+        failed_for("BaselineNotFound"),
+    )
+    .await;
+    for fold in ["rf-fold-0", "rf-fold-1"] {
+        let gone =
+            |e: Option<&Experiment>| e.is_none_or(|e| e.metadata.deletion_timestamp.is_some());
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(cluster.experiments(), fold, gone),
+        )
+        .await;
+        assert!(matches!(stopped, Ok(Ok(_))), "{fold}: {stopped:?}");
+    }
+
+    // The fix comes with a template edit: the folds already began with the old template, so
+    // the run fails rather than carry on from a configuration none of them started with.
+    patch(r#"{"spec":{"compareTo":null,"template":{"training":{"epochs":51}}}}"#);
+    let cv = wait_for_object(
+        &cluster,
+        cvs.clone(),
+        "rf",
+        "failed for the template edit",
+        Duration::from_secs(60),
+        failed_for("TemplateChanged"),
+    )
+    .await;
+    let status = cv.status.unwrap();
+    assert_eq!(
+        status.template_digest, digest,
+        "the recorded configuration is kept"
+    );
+    assert_eq!(status.folds.len(), 2, "{:#?}", status.folds);
 }

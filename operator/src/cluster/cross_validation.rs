@@ -203,16 +203,15 @@ async fn reconcile_inner(
     }
     let now = Timestamp::now();
     let mut old = cv.status.clone().unwrap_or_default();
-    // A run refused for its spec starts afresh once the spec is edited.
+    // A run refused for its spec goes on once the spec is edited: its conditions are cleared,
+    // while what its folds did (their records and the configuration they were made from) is
+    // kept, so that folds trained before the refusal are checked against the edited template.
     let refused = old.conditions.iter().any(|c| {
         c.type_ == CONDITION_SUCCEEDED
             && matches!(c.reason.as_str(), "InvalidSpec" | "BaselineNotFound")
     });
     if refused && old.observed_generation != cv.metadata.generation {
-        old = CrossValidationStatus {
-            observed_generation: old.observed_generation,
-            ..CrossValidationStatus::default()
-        };
+        old.conditions.clear();
     }
     let old = old;
     if finished(&old) {
@@ -226,6 +225,7 @@ async fn reconcile_inner(
         let message = errors.to_string();
         let changed = fail(&mut status, &cv, "InvalidSpec", &message, now);
         apply_status(&cvs, &name, "CrossValidation", &old, &status).await?;
+        stop_children(&cv, &experiments, &ensembles).await?;
         if changed {
             publish(context, &cv, true, "InvalidSpec", &message).await;
         }
@@ -245,6 +245,7 @@ async fn reconcile_inner(
                 let message = error.to_string();
                 let changed = fail(&mut status, &cv, "BaselineNotFound", &message, now);
                 apply_status(&cvs, &name, "CrossValidation", &old, &status).await?;
+                stop_children(&cv, &experiments, &ensembles).await?;
                 if changed {
                     publish(context, &cv, true, "BaselineNotFound", &message).await;
                 }
@@ -260,9 +261,9 @@ async fn reconcile_inner(
     {
         let mut status = old.clone();
         status.observed_generation = cv.metadata.generation;
-        let message = "spec.template.model, training or data changed after the first fold \
-                       started; the folds would mix two configurations (revert the edit, or \
-                       create a new CrossValidation)";
+        let message = "spec.template.model, training or data, or spec.folds or spec.seed, \
+                       changed after the first fold started; the folds would mix two \
+                       configurations (revert the edit, or create a new CrossValidation)";
         let changed = fail(&mut status, &cv, "TemplateChanged", message, now);
         apply_status(&cvs, &name, "CrossValidation", &old, &status).await?;
         stop_children(&cv, &experiments, &ensembles).await?;
@@ -547,10 +548,17 @@ async fn stop_children(
     Ok(())
 }
 
-/// `sha256:` of what defines the folds' runs: the template's model, training and data.
+/// `sha256:` of what defines the folds' runs: the template's model, training and data, and
+/// the number of folds and the seed that deal the subjects into them.
 fn template_digest(cv: &CrossValidation) -> String {
     let template = &cv.spec.template;
-    let defining = serde_json::json!([template.model, template.training, template.data]);
+    let defining = serde_json::json!([
+        template.model,
+        template.training,
+        template.data,
+        cv.spec.folds,
+        cv.spec.seed
+    ]);
     crate::digest::digest_bytes(&serde_json::to_vec(&defining).expect("a template serialises"))
 }
 
