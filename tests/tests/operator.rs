@@ -1659,6 +1659,59 @@ async fn concurrent_publishers_get_distinct_consecutive_versions_and_a_retry_mak
             .len(),
         7
     );
+
+    // Deleting the latest version frees neither its number nor its alias.
+    use voxel_operator::cluster::models::{aliases, move_alias, resolve};
+    move_alias(&client, &ns, "liver", "production", 7, |_| Ok(()))
+        .await
+        .unwrap()
+        .unwrap();
+    models
+        .delete("liver-v7", &Default::default())
+        .await
+        .unwrap();
+    await_condition(models.clone(), "liver-v7", |m: Option<&Model>| m.is_none())
+        .await
+        .unwrap();
+    let next = publish(&client, &ns, resource("run-y"), "key-y")
+        .await
+        .unwrap();
+    assert_eq!(next.version, 8, "{next:?}");
+    let dangling = resolve(
+        &client,
+        &ns,
+        "liver",
+        None,
+        Some("production"),
+        "spec.compareTo",
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        dangling.contains("version 7 of model liver (alias production) is not published"),
+        "{dangling}"
+    );
+    // An alias naming a number the map does not record as allocated (a publisher stopped
+    // between its create and that record, then its version deleted) is not inherited.
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    maps.patch(
+        "voxel-model-liver-aliases",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(serde_json::json!({"data": {"staging": "9"}})),
+    )
+    .await
+    .unwrap();
+    let reused = publish(&client, &ns, resource("run-z"), "key-z")
+        .await
+        .unwrap();
+    assert_eq!(reused.version, 9);
+    let (held, map) = aliases(&client, &ns, "liver").await.unwrap();
+    assert_eq!(held, BTreeMap::from([("production".to_string(), 7)]));
+    assert_eq!(
+        map.unwrap().annotations().get("voxel.dev/last-version"),
+        Some(&"9".to_string())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,9 @@
 //! Aliases of a model live in one ConfigMap, `voxel-model-<model>-aliases` (alias → version),
 //! so that moving one is a single write the API server checks against the version read
 //! (`resourceVersion`): two promotions at once cannot both move from the same holder. Each
-//! Model's `status.aliases` mirrors the map.
+//! Model's `status.aliases` mirrors the map. The ConfigMap also records the highest number
+//! ever allocated (`voxel.dev/last-version`): numbers are not reused when the latest version
+//! is deleted, and a new version never inherits the aliases of a deleted one.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +40,10 @@ pub const ANNOTATION_METRICS: &str = "voxel.dev/metrics";
 /// Annotation a user (or a CD pipeline) sets on a CrossValidation or Ensemble with the Git
 /// commit of its manifest; published versions record it in their lineage.
 pub const ANNOTATION_GIT_COMMIT: &str = "voxel.dev/git-commit";
+
+/// Annotation of a model's aliases ConfigMap with the highest version number ever allocated,
+/// so that a deleted latest version gives neither its number nor its aliases to the next one.
+pub const ANNOTATION_LAST_VERSION: &str = "voxel.dev/last-version";
 
 /// How many versions another publisher may take between two tries before giving up.
 const MAX_TRIES: usize = 20;
@@ -114,12 +120,17 @@ pub async fn publish(
                 .map(String::as_str)
                 == Some(key)
         }) {
+            let version = version.spec.version;
+            // A publisher stopped after its create may not have recorded the number.
+            record_allocation(client, namespace, &model, version, false).await?;
             return Ok(Published {
-                version: version.spec.version,
+                version,
                 new: false,
             });
         }
-        let version = existing.keys().next_back().map_or(1, |v| v + 1);
+        let (_, map) = aliases(client, namespace, &model).await?;
+        let highest = existing.keys().next_back().copied().unwrap_or(0);
+        let version = highest.max(last_version(map.as_ref())) + 1;
         resource.metadata.name = Some(voxel_crds::model::model_object_name(&model, version));
         resource.metadata.namespace = Some(namespace.to_string());
         resource.spec.version = version;
@@ -133,7 +144,10 @@ pub async fn publish(
             .annotations_mut()
             .insert(ANNOTATION_PUBLISH_KEY.into(), key.to_string());
         match api.create(&PostParams::default(), &resource).await {
-            Ok(_) => return Ok(Published { version, new: true }),
+            Ok(_) => {
+                record_allocation(client, namespace, &model, version, true).await?;
+                return Ok(Published { version, new: true });
+            }
             // Another publisher took this number (or ours landed and the reply was lost): look
             // again.
             Err(kube::Error::Api(status)) if status.code == 409 => continue,
@@ -232,6 +246,90 @@ pub async fn aliases(
     Ok((aliases, map))
 }
 
+/// The highest version number the aliases ConfigMap records as allocated (0 without one).
+fn last_version(map: Option<&ConfigMap>) -> u32 {
+    map.and_then(|m| m.annotations().get(ANNOTATION_LAST_VERSION))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A new aliases ConfigMap of `model`.
+fn aliases_map(model: &str, data: BTreeMap<String, String>) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(aliases_name(model)),
+            labels: Some(BTreeMap::from([
+                (LABEL_MODEL.to_string(), model.to_string()),
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "voxel-operator".to_string(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        data: Some(data),
+        ..ConfigMap::default()
+    }
+}
+
+/// Records `version` of `model` as allocated in its aliases ConfigMap. For a number just
+/// created (`new`), an alias that still names it was left by a deleted version of that number
+/// and is dropped: a new version holds no alias until it is promoted.
+async fn record_allocation(
+    client: &Client,
+    namespace: &str,
+    model: &str,
+    version: u32,
+    new: bool,
+) -> Result<(), ModelError> {
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let name = aliases_name(model);
+    for _ in 0..MAX_TRIES {
+        let (mut current, map) = aliases(client, namespace, model).await?;
+        let before = current.len();
+        if new {
+            current.retain(|_, held| *held != version);
+        }
+        let dropped = current.len() != before;
+        if last_version(map.as_ref()) >= version && !dropped {
+            return Ok(());
+        }
+        let data = current
+            .iter()
+            .map(|(a, v)| (a.clone(), v.to_string()))
+            .collect();
+        let mut map = map.unwrap_or_else(|| aliases_map(model, BTreeMap::new()));
+        map.data = Some(data);
+        let last = last_version(Some(&map)).max(version);
+        map.annotations_mut()
+            .insert(ANNOTATION_LAST_VERSION.into(), last.to_string());
+        // The resourceVersion read makes the write fail if the map changed meanwhile.
+        let written = if map.metadata.resource_version.is_some() {
+            maps.replace(&name, &PostParams::default(), &map).await
+        } else {
+            maps.create(&PostParams::default(), &map).await
+        };
+        match written {
+            Ok(_) => {
+                if dropped {
+                    mirror_aliases(client, namespace, model, &current).await?;
+                }
+                return Ok(());
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(source) => {
+                return Err(ModelError::Api {
+                    action: format!("writing ConfigMap {namespace}/{name}"),
+                    source,
+                });
+            }
+        }
+    }
+    Err(ModelError::Contended {
+        model: model.to_string(),
+    })
+}
+
 /// Moves `alias` of `model` to `version` if `allow` (given the current holder) agrees; the
 /// inner `Err` says why it did not move.
 pub async fn move_alias(
@@ -265,22 +363,8 @@ pub async fn move_alias(
                 maps.replace(&name, &PostParams::default(), &map).await
             }
             None => {
-                let map = ConfigMap {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        labels: Some(BTreeMap::from([
-                            (LABEL_MODEL.to_string(), model.to_string()),
-                            (
-                                "app.kubernetes.io/managed-by".to_string(),
-                                "voxel-operator".to_string(),
-                            ),
-                        ])),
-                        ..ObjectMeta::default()
-                    },
-                    data: Some(data),
-                    ..ConfigMap::default()
-                };
-                maps.create(&PostParams::default(), &map).await
+                maps.create(&PostParams::default(), &aliases_map(model, data))
+                    .await
             }
         };
         match written {
