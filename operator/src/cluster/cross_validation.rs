@@ -218,57 +218,30 @@ async fn reconcile_inner(
         return Ok(Action::await_change());
     }
 
-    // Validate (pure).
-    if let Err(errors) = cv.spec.validate() {
-        let mut status = old.clone();
-        status.observed_generation = cv.metadata.generation;
-        let message = errors.to_string();
-        let changed = fail(&mut status, &cv, "InvalidSpec", &message, now);
-        apply_status(&cvs, &name, "CrossValidation", &old, &status).await?;
-        stop_children(&cv, &experiments, &ensembles).await?;
-        if changed {
-            publish(context, &cv, true, "InvalidSpec", &message).await;
-        }
-        return Ok(Action::await_change());
-    }
-
-    // A baseline that does not exist fails the run before anything trains.
-    if let Some(compare_to) = &cv.spec.compare_to {
-        match super::models::resolve_baseline(&context.client, &namespace, compare_to).await {
-            Ok(_) => {}
-            Err(super::models::ModelError::Api { action, source }) => {
-                return Err(ReconcileError::Api { action, source });
-            }
-            Err(error) => {
-                let mut status = old.clone();
-                status.observed_generation = cv.metadata.generation;
-                let message = error.to_string();
-                let changed = fail(&mut status, &cv, "BaselineNotFound", &message, now);
-                apply_status(&cvs, &name, "CrossValidation", &old, &status).await?;
-                stop_children(&cv, &experiments, &ensembles).await?;
-                if changed {
-                    publish(context, &cv, true, "BaselineNotFound", &message).await;
-                }
-                return Ok(Action::await_change());
-            }
-        }
-    }
-
-    // The folds of one run share one configuration.
+    // Refuse what cannot run as specified: an invalid spec, a baseline that does not exist,
+    // or a template edited after the folds started from it. The status says why, and what
+    // still runs for the refused spec stops.
     let digest = template_digest(&cv);
-    if let Some(recorded) = &old.template_digest
-        && *recorded != digest
-    {
-        let mut status = old.clone();
-        status.observed_generation = cv.metadata.generation;
+    let refusal = if let Err(errors) = cv.spec.validate() {
+        Some(("InvalidSpec", errors.to_string()))
+    } else if let Some(error) = missing_baseline(&cv, &namespace, context).await? {
+        Some(("BaselineNotFound", error))
+    } else if old.template_digest.as_ref().is_some_and(|d| *d != digest) {
         let message = "spec.template.model, training or data, or spec.folds or spec.seed, \
                        changed after the first fold started; the folds would mix two \
                        configurations (revert the edit, or create a new CrossValidation)";
-        let changed = fail(&mut status, &cv, "TemplateChanged", message, now);
+        Some(("TemplateChanged", message.to_string()))
+    } else {
+        None
+    };
+    if let Some((reason, message)) = refusal {
+        let mut status = old.clone();
+        status.observed_generation = cv.metadata.generation;
+        let changed = fail(&mut status, &cv, reason, &message, now);
         apply_status(&cvs, &name, "CrossValidation", &old, &status).await?;
         stop_children(&cv, &experiments, &ensembles).await?;
         if changed {
-            publish(context, &cv, true, "TemplateChanged", message).await;
+            publish(context, &cv, true, reason, &message).await;
         }
         return Ok(Action::await_change());
     }
@@ -504,6 +477,24 @@ async fn reconcile_inner(
         .await;
     }
     Ok(requeue.map_or_else(Action::await_change, Action::requeue))
+}
+
+/// Why `spec.compareTo` names no published version, if it does not.
+async fn missing_baseline(
+    cv: &CrossValidation,
+    namespace: &str,
+    context: &Context,
+) -> Result<Option<String>, ReconcileError> {
+    let Some(compare_to) = &cv.spec.compare_to else {
+        return Ok(None);
+    };
+    match super::models::resolve_baseline(&context.client, namespace, compare_to).await {
+        Ok(_) => Ok(None),
+        Err(super::models::ModelError::Api { action, source }) => {
+            Err(ReconcileError::Api { action, source })
+        }
+        Err(error) => Ok(Some(error.to_string())),
+    }
 }
 
 /// Deletes the fold Experiments of a failed run that have not finished, and its Ensemble if it
