@@ -227,6 +227,17 @@ pub fn common_labels(name: &str, component: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// Whether the object with `meta` is controlled by the owner with UID `owner`: the test
+/// that keeps a controller from adopting an object someone else made under its child's name.
+pub fn controlled_by(meta: &ObjectMeta, owner: Option<&str>) -> bool {
+    owner.is_some_and(|uid| {
+        meta.owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == uid && o.controller == Some(true))
+    })
+}
+
 /// A name cut to the 63 characters of a label value, ending on an alphanumeric character.
 pub fn label_value(name: &str) -> String {
     let cut = &name[..name.len().min(63)];

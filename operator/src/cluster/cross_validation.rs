@@ -32,7 +32,7 @@ use voxel_crds::{
 
 use super::{
     apply_status,
-    children::{self, label_value},
+    children::{self, controlled_by, label_value},
     experiment::{Context, ReconcileError, api_error},
     models::ANNOTATION_GIT_COMMIT,
     publish_events,
@@ -247,13 +247,8 @@ async fn reconcile_inner(
     }
 
     // Observe.
-    let uid = cv.uid().unwrap_or_default();
-    let owned = |meta: &ObjectMeta| {
-        meta.owner_references
-            .iter()
-            .flatten()
-            .any(|o| o.uid == uid && o.controller == Some(true))
-    };
+    let uid = cv.uid();
+    let owned = |meta: &ObjectMeta| controlled_by(meta, uid.as_deref());
     let selector = format!("{LABEL_CROSS_VALIDATION}={}", label_value(&name));
     let mut folds = BTreeMap::new();
     for experiment in experiments
@@ -506,12 +501,7 @@ async fn stop_children(
 ) -> Result<(), ReconcileError> {
     let name = cv.name_any();
     let uid = cv.uid();
-    let owned = |meta: &ObjectMeta| {
-        meta.owner_references
-            .iter()
-            .flatten()
-            .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
-    };
+    let owned = |meta: &ObjectMeta| controlled_by(meta, uid.as_deref());
     for fold in 0..cv.spec.folds {
         let child = fold_name(&name, fold);
         if let Some(experiment) = experiments

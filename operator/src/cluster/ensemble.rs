@@ -551,11 +551,7 @@ async fn members(
         // The fold as it is, if the CrossValidation still owns it; else as it recorded it.
         let uid = cv.uid();
         let current = experiment
-            .filter(|e| {
-                e.owner_references()
-                    .iter()
-                    .any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true))
-            })
+            .filter(|e| super::children::controlled_by(&e.metadata, uid.as_deref()))
             .and_then(|e| e.status)
             .filter(|s| s.phase == Some(ExperimentPhase::Succeeded))
             .and_then(|s| s.artifacts);
